@@ -1,0 +1,233 @@
+"""The report's three networks as Keras builders, and `python models.py` to print them.
+
+    model = MODELS["vgg16"]()          # uncompiled keras.Model, named layers
+    python models.py vgg16 alexnet      # the paper's Figures 2-4 as model.summary()
+
+Every builder returns an uncompiled Functional `keras.Model` whose total parameter
+count matches the report's figures exactly (Gomez Cruz 2025, Figures 2-4). The
+models take standardized 32x32x3 images (see data.py), as the report trained them.
+"""
+import argparse
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+
+import keras
+import numpy as np
+from keras import layers
+
+from rundir import UserError
+
+INPUT_SHAPE = (32, 32, 3)
+NUM_CLASSES = 10
+# The report gives no dropout rates. These rise with depth, as is usual for VGG-style
+# CIFAR-10 networks, and 0.5 before the classifiers as in AlexNet and VGG's own papers.
+VGG16_DROPOUT_RATES = (0.2, 0.3, 0.4, 0.5)  # after blocks 1-4
+VGG16_FILTERS = (32, 64, 128, 256)  # Figure 2: two 3x3 convolutions a block
+ALEXNET_DROPOUT_RATES = (0.5, 0.5)  # after fc1 and fc2
+PRETRAINED_DROPOUT_RATE = 0.5  # between fc1 and the classifier
+PRETRAINED_SIZE = (224, 224)  # the report: "resize the initial input images", ImageNet's size
+VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' ImageNet weights
+
+
+class WeightsError(UserError):
+    """Raised when pretrained weights cannot be had (no network, missing file)."""
+
+
+def _classifier(x, num_classes):
+    # Softmax in float32 even under a mixed-precision policy, as Keras' guide advises.
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=VGG16_DROPOUT_RATES):
+    """The report's minimal VGG16, trained from scratch (Figure 2, 1,186,346 parameters).
+
+    Four blocks of [Conv 3x3 same, BatchNorm, Conv 3x3 same, BatchNorm, MaxPool 2,
+    Dropout] with 32, 64, 128 and 256 filters, then Flatten and a 10-way softmax.
+
+    Reference: Gomez Cruz, *CIFAR-10 Image Classification*, 2025, section 3.
+
+    Args:
+        input_shape: standardized images, (32, 32, 3) for CIFAR-10.
+        num_classes: size of the softmax output.
+        dropout_rates: one rate for each of the four blocks (the report gives none).
+
+    Returns:
+        An uncompiled `keras.Model` named "vgg16".
+    """
+    if len(dropout_rates) != len(VGG16_FILTERS):
+        raise ValueError(f"dropout_rates needs {len(VGG16_FILTERS)} values, received {dropout_rates!r}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = inputs
+    for block, (filters, rate) in enumerate(zip(VGG16_FILTERS, dropout_rates), start=1):
+        for conv in (1, 2):
+            x = layers.Conv2D(filters, 3, padding="same", activation="relu",
+                              name=f"block{block}_conv{conv}")(x)
+            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+        x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
+        x = layers.Dropout(rate, name=f"block{block}_dropout")(x)
+    x = layers.Flatten(name="flatten")(x)
+    return keras.Model(inputs, _classifier(x, num_classes), name="vgg16")
+
+
+def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=ALEXNET_DROPOUT_RATES):
+    """The report's AlexNet for 32x32 inputs, trained from scratch (Figure 3, 2,915,338 parameters).
+
+    Conv 11x11/4 (128) and Conv 5x5 (256), each with BatchNorm and a 2x2 max-pool
+    (6x6, then 3x3, then 1x1 maps as in Figure 3), three more convolutions with
+    BatchNorm, a last pool, then two Dense 1024 layers with dropout and the softmax.
+
+    Reference: Gomez Cruz 2025, section 3; Krizhevsky et al., NeurIPS 2012.
+
+    Args:
+        input_shape: standardized images, (32, 32, 3) for CIFAR-10.
+        num_classes: size of the softmax output.
+        dropout_rates: after fc1 and after fc2 (the report gives none).
+
+    Returns:
+        An uncompiled `keras.Model` named "alexnet".
+    """
+    if len(dropout_rates) != 2:
+        raise ValueError(f"dropout_rates needs 2 values, received {dropout_rates!r}")
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Conv2D(128, 11, strides=4, activation="relu", name="conv1")(inputs)
+    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.MaxPooling2D(2, name="pool1")(x)
+    x = layers.Conv2D(256, 5, padding="same", activation="relu", name="conv2")(x)
+    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.MaxPooling2D(2, name="pool2")(x)
+    # Figure 3's conv2d_2 (3x3 on a 1x1 map) needs "same" padding; its 590,880 is a
+    # typo for 590,080 (3*3*256*256 + 256), which the stated total confirms.
+    for index, size in ((3, 3), (4, 1), (5, 1)):
+        x = layers.Conv2D(256, size, padding="same", activation="relu", name=f"conv{index}")(x)
+        x = layers.BatchNormalization(name=f"bn{index}")(x)
+    # A 2x2 pool of a 1x1 map needs "same" padding to keep Figure 3's 1x1 output.
+    x = layers.MaxPooling2D(2, padding="same", name="pool3")(x)
+    x = layers.Flatten(name="flatten")(x)
+    for index, rate in enumerate(dropout_rates, start=1):
+        x = layers.Dense(1024, activation="relu", name=f"fc{index}")(x)
+        x = layers.Dropout(rate, name=f"fc{index}_dropout")(x)
+    return keras.Model(inputs, _classifier(x, num_classes), name="alexnet")
+
+
+def build_vgg16_pretrained(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, weights="imagenet",
+                           dropout_rate=PRETRAINED_DROPOUT_RATE):
+    """ImageNet VGG16, frozen, under the report's Flatten-Dense-Dropout-Dense head.
+
+    Inputs are resized to 224x224 inside the model (the report found that without it
+    training stayed at 10 %). Figure 4: 27,565,386 parameters, 14,714,688 of them the
+    frozen base. Like the report, it takes the standardized images of data.py, not
+    ImageNet's own preprocessing.
+
+    Reference: Gomez Cruz 2025, section 4 (model "A" of Figure 7); Simonyan & Zisserman 2015.
+
+    Args:
+        input_shape: standardized images, (32, 32, 3) for CIFAR-10.
+        num_classes: size of the softmax output.
+        weights: "imagenet" (Keras' download or its cache), a path to a local
+            `.h5`/`.weights.h5` file of the VGG16 base without its top, or None for
+            random weights.
+        dropout_rate: between fc1 and the classifier (the report gives none).
+
+    Returns:
+        An uncompiled `keras.Model` named "vgg16_pretrained".
+
+    Raises:
+        WeightsError: ImageNet weights cannot be downloaded, or the file is missing.
+    """
+    base = keras.applications.VGG16(include_top=False, weights=_resolve_weights(weights),
+                                    input_shape=PRETRAINED_SIZE + (input_shape[-1],))
+    base.trainable = False  # the report froze every pretrained layer
+    inputs = keras.Input(shape=input_shape, name="image")
+    x = layers.Resizing(*PRETRAINED_SIZE, name="resizing")(inputs)
+    x = base(x, training=False)  # keep the frozen base in inference mode
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(512, activation="relu", name="fc1")(x)
+    x = layers.Dropout(dropout_rate, name="fc1_dropout")(x)
+    return keras.Model(inputs, _classifier(x, num_classes), name="vgg16_pretrained")
+
+
+def _resolve_weights(weights):
+    """Turn "imagenet" | None | "none" | PATH into what keras.applications.VGG16 takes."""
+    if weights is None or str(weights).lower() == "none":
+        return None
+    if weights != "imagenet":
+        path = os.path.expanduser(str(weights))
+        if not os.path.isfile(path):
+            raise WeightsError(f"weights file '{weights}' does not exist")
+        return path
+    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models",
+                          VGG16_NOTOP_FILE)
+    if os.path.isfile(cached):
+        return cached
+    try:
+        return keras.utils.get_file(
+            VGG16_NOTOP_FILE, "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
+            + VGG16_NOTOP_FILE, cache_subdir="models", file_hash="6d6bbae143d832006294945121d1f1fc")
+    except Exception as error:  # get_file wraps urllib's errors in a bare Exception
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise WeightsError(
+            f"could not download the ImageNet VGG16 weights ({reason}); offline, fetch "
+            f"{VGG16_NOTOP_FILE} on a machine with network and pass its path with --weights PATH, "
+            "or --weights none for random weights") from None
+
+
+MODELS = {
+    "vgg16": build_vgg16,
+    "alexnet": build_alexnet,
+    "vgg16_pretrained": build_vgg16_pretrained,
+}
+
+
+def build_model(name, weights=None):
+    """Build a registry model by name; `weights` applies to vgg16_pretrained only."""
+    if name not in MODELS:
+        raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    if name == "vgg16_pretrained":
+        return MODELS[name](weights=weights)
+    return MODELS[name]()
+
+
+def set_precision(precision, on_gpu=False):
+    """Set Keras' global dtype policy: "float32", or "mixed" (bfloat16 on CPU, float16 on GPU).
+
+    Returns the policy's name. Mixed float16 suits NVIDIA tensor cores; bfloat16 keeps
+    float32's range (no loss scaling) and is fast on CPUs with AVX-512 BF16 or AMX.
+    """
+    if precision not in ("float32", "mixed"):
+        raise ValueError(f"unknown precision '{precision}'; choose float32 or mixed")
+    policy = "float32" if precision == "float32" else ("mixed_float16" if on_gpu else "mixed_bfloat16")
+    keras.mixed_precision.set_global_policy(policy)
+    return policy
+
+
+def count_parameters(model):
+    """(total, trainable, frozen) parameter counts, as model.summary() reports them."""
+    trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)
+    frozen = sum(int(np.prod(w.shape)) for w in model.non_trainable_weights)
+    return trainable + frozen, trainable, frozen
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="models.py", description="Print model.summary() of the report's networks "
+        "(Figures 2-4), with random weights: nothing is downloaded.")
+    parser.add_argument("names", nargs="*", metavar="NAME", default=list(MODELS),
+                        help=f"models to show, from {', '.join(MODELS)} (default: all)")
+    args = parser.parse_args(argv)
+    unknown = [name for name in args.names if name not in MODELS]
+    if unknown:
+        print(f"models.py: error: unknown model '{unknown[0]}'; choose one of {', '.join(MODELS)}",
+              file=sys.stderr)
+        return 2
+    for name in args.names:
+        model = build_model(name, weights=None)
+        model.summary()
+        total, _, frozen = count_parameters(model)
+        print(f"{name}: {total:,} parameters ({frozen:,} frozen)\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,131 @@
+"""The run folder: the files train.py leaves and every other script reads, written safely.
+
+A run folder (default `runs/<model>/`) is self-sufficient:
+
+    model.keras    the best model by val_loss, loadable by keras.saving.load_model alone
+    stats.json     the standardization statistics the model was trained with
+    config.json    every resolved setting, data source, versions, device
+    history.json   per-epoch metrics, learning rate and seconds
+    metrics.json   written by evaluate.py
+
+Every write goes to a temporary file in the same folder, is flushed to disk, then
+renamed over the target, so a crash or kill mid-write leaves the previous complete file.
+"""
+import json
+import os
+import sys
+import tempfile
+
+# Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU flags) out of our logs.
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+MODEL_FILE = "model.keras"
+STATS_FILE = "stats.json"
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.json"
+METRICS_FILE = "metrics.json"
+
+
+class UserError(Exception):
+    """A problem with what the user gave us: reported as one line, exit status 2."""
+
+
+def fail(prog, error):
+    """Print `prog: error: message` on stderr and exit with status 2 (no traceback)."""
+    message = str(error).splitlines()[0] if str(error) else type(error).__name__
+    print(f"{prog}: error: {message}", file=sys.stderr)
+    raise SystemExit(2)
+
+
+def _atomic_target(path):
+    """A temporary path beside `path` (same file system, so the rename is atomic)."""
+    folder = os.path.dirname(os.path.abspath(path))
+    base = os.path.basename(path)
+    handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp",
+                                   dir=folder)
+    os.close(handle)
+    return tmp
+
+
+def _fsync_and_replace(tmp, path):
+    with open(tmp, "rb") as handle:
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+    try:  # make the rename itself durable where the platform allows it
+        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
+        try:
+            os.fsync(folder)
+        finally:
+            os.close(folder)
+    except OSError:
+        pass
+
+
+def write_json(path, obj):
+    """Write `obj` as indented JSON, atomically."""
+    tmp = _atomic_target(path)
+    try:
+        with open(tmp, "w") as handle:
+            json.dump(obj, handle, indent=2)
+            handle.write("\n")
+        _fsync_and_replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def read_json(path, what):
+    """Read a run-folder JSON file; a missing or malformed one is a UserError naming it."""
+    try:
+        with open(path) as handle:
+            return json.load(handle)
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing ({what})") from None
+    except (OSError, ValueError) as error:
+        raise UserError(f"{path}: not readable JSON ({what}): {error}") from None
+
+
+def save_model(model, path, **kwargs):
+    """model.save(path), atomically: the previous model survives a crash mid-save."""
+    tmp = _atomic_target(path)
+    try:
+        model.save(tmp, **kwargs)
+        _fsync_and_replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_model(run_dir):
+    """Load the run's model.keras; a missing or broken file is a UserError naming it."""
+    import keras
+    path = os.path.join(run_dir, MODEL_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: missing (is '{run_dir}' a run folder made by train.py?)")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a damaged archive
+        raise UserError(f"{path}: cannot be loaded ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''})") from None
+
+
+def check_run_dir(run_dir):
+    """A UserError unless `run_dir` is an existing folder."""
+    if not os.path.isdir(run_dir):
+        raise UserError(f"run folder '{run_dir}' does not exist")
+
+
+def device_description():
+    """The device TensorFlow computes on, in words: 'GPU: NVIDIA H100 ...', 'CPU', 'GPU (Metal)'."""
+    import tensorflow as tf
+    gpus = tf.config.list_physical_devices("GPU")
+    if not gpus:
+        import platform
+        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+    names = []
+    for gpu in gpus:
+        try:
+            names.append(tf.config.experimental.get_device_details(gpu).get("device_name") or gpu.name)
+        except Exception:  # Metal's plugin reports no details
+            names.append(gpu.name)
+    return f"{len(gpus)} GPU: " + ", ".join(names)

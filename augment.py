@@ -1,0 +1,204 @@
+"""The paper's ImageDataGenerator augmentation as one fused, batched tf.data transform.
+
+    dataset = make_dataset(x_train, one_hot(y_train), stats, 64, augment=True, shuffle=True, seed=0)
+    model.fit(dataset, epochs=60, validation_data=make_dataset(x_valid, ..., augment=False, shuffle=False))
+
+The paper (Gomez Cruz 2025, section 2.3) augments with Keras' ImageDataGenerator
+(data.PAPER_AUGMENTATION), which transforms one image at a time in Python and scipy on
+one thread. Here the same random transform, drawn from the same distributions, is
+applied to a whole batch at once inside a parallel tf.data map:
+
+- rotation, shifts, shear, zoom and the horizontal flip are composed exactly as
+  ImageDataGenerator composes them (rotation . shift . shear . zoom about the image
+  centre, flip after) into one matrix per image, applied with a single bilinear
+  `ImageProjectiveTransformV3` call for the batch, edges filled with the nearest pixel
+  (IDG's fill_mode="nearest", interpolation order 1);
+- the channel shift is IDG's: one offset for all three channels, drawn from
+  +-channel_shift_range in the units of the standardized input, the result clipped to
+  the image's own [min, max];
+- the brightness factor b in [0.9, 1.1] does what IDG's does to standardized input.
+  IDG hands a float image with negative values to PIL: array_to_img rescales it so its
+  minimum is 0 and its maximum 255, ImageEnhance.Brightness multiplies by b and clips
+  at 255, and the result is mapped back to the original range. On standardized input
+  that is `min(m + b * (x - m), M)` with m, M the image's own minimum and maximum,
+  which is what we compute, minus IDG's 8-bit rounding of the image on the way
+  (steps of (M - m) / 255, about 0.015 standardized units).
+
+The images stay uint8 until a batch is gathered (a quarter of float32's memory for the
+shuffle and the gather); the cast and standardization happen once per batch, just
+before the transform that needs floats. No Python runs per epoch: shuffling and the
+random parameters are re-drawn by tf.data every pass, from `seed` when one is given.
+"""
+import math
+import os
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+
+import numpy as np
+import tensorflow as tf
+
+from data import IMAGE_SHAPE, PAPER_AUGMENTATION
+
+# The paper's ranges, read from its one declaration in data.py (section 2.3).
+ROTATION_DEGREES = float(PAPER_AUGMENTATION["rotation_range"])  # angle ~ U(-15, 15) degrees
+HEIGHT_SHIFT = float(PAPER_AUGMENTATION["height_shift_range"])  # ~ U(-0.12, 0.12) of the height
+WIDTH_SHIFT = float(PAPER_AUGMENTATION["width_shift_range"])  # ~ U(-0.12, 0.12) of the width
+SHEAR_DEGREES = float(PAPER_AUGMENTATION["shear_range"])  # shear angle ~ U(-10, 10) degrees
+ZOOM_RANGE = (1 - PAPER_AUGMENTATION["zoom_range"],
+              1 + PAPER_AUGMENTATION["zoom_range"])  # zx, zy ~ U(0.9, 1.1), drawn independently
+HORIZONTAL_FLIP = bool(PAPER_AUGMENTATION["horizontal_flip"])  # with probability 0.5
+CHANNEL_SHIFT = float(PAPER_AUGMENTATION["channel_shift_range"])  # offset ~ U(-0.1, 0.1), standardized units
+BRIGHTNESS_RANGE = tuple(float(v) for v in PAPER_AUGMENTATION["brightness_range"])  # factor ~ U(0.9, 1.1)
+
+TRANSFORM_KEYS = ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal",
+                  "channel_shift_intensity", "brightness")  # ImageDataGenerator.get_random_transform's names
+
+
+def sample_transforms(count, seed, image_shape=IMAGE_SHAPE):
+    """Draw `count` random transforms, as ImageDataGenerator.get_random_transform does.
+
+    Args:
+        count: number of images (a Python int or a scalar tensor).
+        seed: a stateless-random seed, an int pair (shape (2,)).
+        image_shape: (height, width, channels) of the images.
+
+    Returns:
+        A dict of (count,) tensors under IDG's keys: "theta" and "shear" in degrees,
+        "tx" and "ty" in pixels, "zx" and "zy" zoom factors (IDG's convention: > 1
+        shows a smaller image), "flip_horizontal" as bool, "channel_shift_intensity"
+        in standardized units and "brightness" as a factor.
+    """
+    height, width = image_shape[0], image_shape[1]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=9)
+
+    def uniform(index, low, high):
+        return tf.random.stateless_uniform([count], seeds[index], minval=low, maxval=high)
+
+    # IDG multiplies the drawn fraction by the size of the axis it names: its tx comes
+    # from height_shift_range and rows, ty from width_shift_range and columns.
+    return {
+        "theta": uniform(0, -ROTATION_DEGREES, ROTATION_DEGREES),
+        "tx": uniform(1, -HEIGHT_SHIFT, HEIGHT_SHIFT) * height,
+        "ty": uniform(2, -WIDTH_SHIFT, WIDTH_SHIFT) * width,
+        "shear": uniform(3, -SHEAR_DEGREES, SHEAR_DEGREES),
+        "zx": uniform(4, *ZOOM_RANGE),
+        "zy": uniform(5, *ZOOM_RANGE),
+        "flip_horizontal": tf.logical_and(uniform(6, 0.0, 1.0) < 0.5, HORIZONTAL_FLIP),
+        "channel_shift_intensity": uniform(7, -CHANNEL_SHIFT, CHANNEL_SHIFT),
+        "brightness": uniform(8, *BRIGHTNESS_RANGE),
+    }
+
+
+def transform_matrices(params, image_shape=IMAGE_SHAPE):
+    """One (8,) projective transform per image, for ImageProjectiveTransformV3.
+
+    Composes IDG's apply_affine_transform: M = rotation . shift . shear . zoom, mapping
+    output to input coordinates about the image centre, then the horizontal flip (IDG
+    flips after the affine step, which is M . diag(-1, 1) in centred coordinates).
+    IDG's matrix ends up acting on (column, row), which is ImageProjectiveTransform's
+    (x, y), so its tx moves columns and ty moves rows.
+    """
+    theta = params["theta"] * (math.pi / 180)
+    shear = params["shear"] * (math.pi / 180)
+    cos, sin = tf.cos(theta), tf.sin(theta)
+    zx, zy = params["zx"], params["zy"]
+    # Linear part L = R . S . Z with R = [[cos, -sin], [sin, cos]],
+    # S = [[1, -sin(shear)], [0, cos(shear)]], Z = diag(zx, zy).
+    s01, s11 = -tf.sin(shear), tf.cos(shear)
+    l00 = cos * zx
+    l01 = (cos * s01 - sin * s11) * zy
+    l10 = sin * zx
+    l11 = (sin * s01 + cos * s11) * zy
+    flip = tf.where(params["flip_horizontal"], -1.0, 1.0)
+    l00, l10 = l00 * flip, l10 * flip
+    # The shift is applied before the linear part (M = R . T . ...), so it is rotated.
+    shift_x = cos * params["tx"] - sin * params["ty"]
+    shift_y = sin * params["tx"] + cos * params["ty"]
+    # About the centre o: input = L (output - o) + R t + o. IDG takes o from the
+    # height for x and the width for y; identical for square images.
+    ox = float(image_shape[0]) / 2 - 0.5
+    oy = float(image_shape[1]) / 2 - 0.5
+    a2 = shift_x + ox - l00 * ox - l01 * oy
+    b2 = shift_y + oy - l10 * ox - l11 * oy
+    zeros = tf.zeros_like(l00)
+    return tf.stack([l00, l01, a2, l10, l11, b2, zeros, zeros], axis=1)
+
+
+def apply_transforms(images, params):
+    """Apply sampled transforms to a batch of standardized float32 images (B, H, W, C).
+
+    Same steps and order as ImageDataGenerator.apply_transform: affine (with the flip
+    folded in), channel shift, brightness; see the module docstring for the last two.
+    """
+    images = tf.convert_to_tensor(images, tf.float32)
+    size = tf.shape(images)[1:3]
+    images = tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=transform_matrices(params, images.shape[1:]),
+        output_shape=size, fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+    # Channel shift: one offset for every channel, clipped to the image's own range.
+    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+    shift = tf.reshape(params["channel_shift_intensity"], [-1, 1, 1, 1])
+    images = tf.clip_by_value(images + shift, low, high)
+    # Brightness: scale about the image's minimum, clipped at its maximum (IDG via PIL).
+    low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
+    high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
+    factor = tf.reshape(params["brightness"], [-1, 1, 1, 1])
+    return tf.minimum(low + factor * (images - low), high)
+
+
+def augment_batch(images, seed):
+    """Randomly augment a batch of standardized float32 images with one stateless seed pair."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    return apply_transforms(images, sample_transforms(tf.shape(images)[0], seed, images.shape[1:]))
+
+
+def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None):
+    """A tf.data pipeline of standardized (and optionally augmented) batches.
+
+    Args:
+        images: uint8 array (N, 32, 32, 3).
+        labels: float32 one-hot array (N, 10).
+        stats: data.compute_stats of the training split (scalar "mean" and "std").
+        batch_size: images a batch; the last batch may be smaller.
+        augment: apply the fast equivalent of the paper's ImageDataGenerator.
+        shuffle: reshuffle the images every pass (every epoch).
+        seed: makes the order and the augmentation repeatable; None draws afresh.
+
+    Returns:
+        A `tf.data.Dataset` of (float32 images (B, 32, 32, 3), labels (B, 10)), one
+        pass over the data per iteration, prefetched.
+    """
+    images = np.asarray(images)
+    labels = np.asarray(labels, dtype=np.float32)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"images must be a uint8 array (N, H, W, C), received {images.dtype} {images.shape}")
+    if len(labels) != len(images):
+        raise ValueError(f"{len(images)} images but {len(labels)} labels")
+    if int(batch_size) < 1:
+        raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
+    mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
+    images_table, labels_table = tf.constant(images), tf.constant(labels)
+
+    # Shuffle indices, not images: a cheap int64 shuffle, then one gather a batch.
+    indices = tf.data.Dataset.range(len(images))
+    if shuffle:
+        indices = indices.shuffle(len(images), seed=seed, reshuffle_each_iteration=True)
+    batches = indices.batch(int(batch_size))
+
+    def standardized(index):
+        return (tf.cast(tf.gather(images_table, index), tf.float32) - mean) / std, tf.gather(labels_table, index)
+
+    if augment:
+        # One stateless seed pair per batch, re-drawn every pass, so the parallel map
+        # stays deterministic for a given seed and still changes from epoch to epoch.
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
+
+        def augmented(index, batch_seed):
+            x, y = standardized(index)
+            return augment_batch(x, batch_seed), y
+        dataset = tf.data.Dataset.zip(batches, seeds).map(
+            augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    else:
+        dataset = batches.map(standardized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+    return dataset.prefetch(tf.data.AUTOTUNE)

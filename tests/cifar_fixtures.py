@@ -6,6 +6,7 @@ a few epochs of training on them visibly learn, and every layout holds the same 
 import io
 import os
 import pickle
+import struct
 import tarfile
 
 import numpy as np
@@ -55,11 +56,48 @@ def _write_bin(path, images, labels):
     rows.tofile(path)
 
 
-def batch_pickle(images, labels, protocol=2):
-    """The bytes of one python-version batch, as the official files hold them."""
+class _Python2Pickler(pickle._Pickler):
+    """Protocol 2 as Python 2's cPickle wrote the official batches.
+
+    Bytes become py2 `str` records (SHORT_BINSTRING/BINSTRING) and numpy's
+    reconstructor is named under numpy.core, numpy 1's name: the same opcodes and
+    globals as the real download. (Python 3's own protocol 2 would spell bytes as
+    `_codecs.encode` calls, which no official batch holds.)
+    """
+
+    def save_bytes_py2(self, obj):
+        if len(obj) < 256:
+            self.write(pickle.SHORT_BINSTRING + bytes([len(obj)]) + obj)
+        else:
+            self.write(pickle.BINSTRING + struct.pack("<i", len(obj)) + obj)
+        self.memoize(obj)
+
+    def save_global(self, obj, name=None):
+        module = getattr(obj, "__module__", "") or ""
+        if module.startswith("numpy._core"):
+            module = module.replace("numpy._core", "numpy.core")
+            self.write(pickle.GLOBAL + module.encode() + b"\n" + (name or obj.__qualname__).encode() + b"\n")
+            self.memoize(obj)
+            return
+        super().save_global(obj, name)
+
+    dispatch = dict(pickle._Pickler.dispatch)
+    dispatch[bytes] = save_bytes_py2
+
+
+def batch_pickle(images, labels, style="py2"):
+    """The bytes of one python-version batch.
+
+    style "py2": as the official files hold them (numpy.core names, py2 strings);
+    "py3": as numpy 2 under Python 3 pickles it today (protocol 4, numpy._core names).
+    """
     record = {b"batch_label": b"synthetic", b"labels": [int(v) for v in labels],
               b"data": _rows(images), b"filenames": [b"x.png"] * len(labels)}
-    return pickle.dumps(record, protocol=protocol)
+    if style == "py3":
+        return pickle.dumps(record, protocol=4)
+    buffer = io.BytesIO()
+    _Python2Pickler(buffer, protocol=2).dump(record)
+    return buffer.getvalue()
 
 
 def write_python(folder, train, test):

@@ -1,0 +1,148 @@
+"""models.py: every registry model against the report's Figures 2-4, save/reload, weights errors."""
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import models
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (total, frozen) from the report's Figures 2-4; "frozen" is what model.summary() calls
+# non-trainable: BatchNorm's moving statistics, or the whole ImageNet base.
+EXPECTED = {
+    "vgg16": (1_186_346, 1_920),
+    "alexnet": (2_915_338, 2_304),
+    "vgg16_pretrained": (27_565_386, 14_714_688),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(models.MODELS))
+def built(request):
+    return request.param, models.build_model(request.param, weights=None)
+
+
+def test_registry_is_the_three_models():
+    assert set(models.MODELS) == set(EXPECTED)
+
+
+def test_output_shape_and_softmax(built):
+    name, model = built
+    assert model.name == name
+    assert model.output_shape == (None, 10)
+    assert model.input_shape == (None, 32, 32, 3)
+    assert model.get_layer("predictions").activation is keras.activations.softmax
+    assert not model.compiled
+
+
+def test_exact_parameter_counts(built):
+    name, model = built
+    total, trainable, frozen = models.count_parameters(model)
+    assert (total, frozen) == EXPECTED[name]
+    assert trainable == total - frozen
+
+
+def test_layers_are_named(built):
+    _, model = built
+    generic = [layer.name for layer in model.layers
+               if layer.name.split("_")[0] in ("conv2d", "dense", "dropout", "batch")]
+    assert generic == []
+
+
+def test_save_and_reload_predicts_the_same(built, tmp_path):
+    _, model = built
+    images = np.random.default_rng(0).normal(size=(2, 32, 32, 3)).astype("float32")
+    before = model.predict(images, verbose=0)
+    path = str(tmp_path / "model.keras")
+    model.save(path)
+    reloaded = keras.saving.load_model(path)
+    np.testing.assert_allclose(reloaded.predict(images, verbose=0), before, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(before.sum(axis=1), 1, rtol=1e-5)
+
+
+def test_vgg16_block_structure():
+    model = models.build_vgg16()
+    for block, filters in enumerate((32, 64, 128, 256), start=1):
+        assert model.get_layer(f"block{block}_conv1").filters == filters
+        assert model.get_layer(f"block{block}_conv2").filters == filters
+        assert model.get_layer(f"block{block}_dropout").rate == models.VGG16_DROPOUT_RATES[block - 1]
+    assert model.get_layer("block4_pool").output.shape[1:] == (2, 2, 256)
+
+
+def test_alexnet_map_sizes_follow_figure_3():
+    model = models.build_alexnet()
+    assert model.get_layer("conv1").output.shape[1:] == (6, 6, 128)
+    assert model.get_layer("pool1").output.shape[1:] == (3, 3, 128)
+    assert model.get_layer("pool2").output.shape[1:] == (1, 1, 256)
+    assert model.get_layer("pool3").output.shape[1:] == (1, 1, 256)
+
+
+def test_dropout_rates_are_keyword_arguments():
+    model = models.build_vgg16(dropout_rates=(0.1, 0.1, 0.1, 0.1))
+    assert model.get_layer("block3_dropout").rate == 0.1
+    assert models.build_alexnet(dropout_rates=(0.3, 0.2)).get_layer("fc2_dropout").rate == 0.2
+    with pytest.raises(ValueError, match="needs 4 values"):
+        models.build_vgg16(dropout_rates=(0.5,))
+
+
+def test_unknown_model_names_the_choices():
+    with pytest.raises(ValueError, match="unknown model 'vgg61'; choose one of vgg16, alexnet, vgg16_pretrained"):
+        models.build_model("vgg61")
+
+
+def test_missing_weights_file_is_refused(tmp_path):
+    with pytest.raises(models.WeightsError, match="does not exist"):
+        models.build_vgg16_pretrained(weights=str(tmp_path / "none.h5"))
+
+
+def test_local_weights_file_is_used(tmp_path):
+    """A weights file saved from one base loads into the next: the offline route."""
+    base = keras.applications.VGG16(include_top=False, weights=None, input_shape=(224, 224, 3))
+    path = str(tmp_path / "vgg16_notop.weights.h5")
+    base.save_weights(path)
+    model = models.build_vgg16_pretrained(weights=path)
+    np.testing.assert_array_equal(model.get_layer("vgg16").get_layer("block1_conv1").get_weights()[0],
+                                  base.get_layer("block1_conv1").get_weights()[0])
+
+
+def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))  # an empty cache
+
+    def no_network(*args, **kwargs):
+        raise Exception("URL fetch failure: [Errno -2] Name or service not known")
+    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    with pytest.raises(models.WeightsError, match="--weights PATH"):
+        models.build_vgg16_pretrained(weights="imagenet")
+
+
+def test_set_precision_policies():
+    try:
+        assert models.set_precision("mixed") == "mixed_bfloat16"
+        assert models.set_precision("mixed", on_gpu=True) == "mixed_float16"
+        model = models.build_vgg16()
+        assert model.get_layer("block1_conv1").compute_dtype == "float16"
+        assert model.output.dtype == "float32"
+    finally:
+        assert models.set_precision("float32") == "float32"
+    with pytest.raises(ValueError, match="unknown precision"):
+        models.set_precision("half")
+
+
+def test_command_prints_the_summaries():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "vgg16", "alexnet"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 0, result.stderr
+    assert "Total params: 1,186,346" in result.stdout
+    assert "Total params: 2,915,338" in result.stdout
+    assert "block1_conv1 (Conv2D)" in result.stdout
+
+
+def test_command_rejects_an_unknown_name():
+    result = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "vgg61"],
+                            capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert "models.py: error: unknown model 'vgg61'" in result.stderr

@@ -1,0 +1,208 @@
+"""The fast augmentation draws what the paper's ImageDataGenerator draws and transforms as it does."""
+import numpy as np
+import pytest
+
+import augment
+import data
+from tests.cifar_fixtures import make_images
+
+DRAWS = 20_000  # transforms sampled for the distribution checks
+
+
+@pytest.fixture(scope="module")
+def sampled():
+    return {key: value.numpy() for key, value in augment.sample_transforms(DRAWS, [7, 11]).items()}
+
+
+@pytest.fixture(scope="module")
+def paper_sampled():
+    """The same number of draws from the paper's generator, as numpy arrays per key."""
+    generator = data.paper_generator()
+    np.random.seed(0)
+    draws = [generator.get_random_transform((32, 32, 3)) for _ in range(4_000)]
+    return {key: np.array([float(d[key]) for d in draws]) for key in augment.TRANSFORM_KEYS}
+
+
+# key, low, high: the paper's ranges (data.PAPER_AUGMENTATION) in the units IDG draws them.
+RANGES = [
+    ("theta", -15, 15),  # degrees
+    ("tx", -0.12 * 32, 0.12 * 32),  # pixels
+    ("ty", -0.12 * 32, 0.12 * 32),  # pixels
+    ("shear", -10, 10),  # degrees
+    ("zx", 0.9, 1.1),
+    ("zy", 0.9, 1.1),
+    ("channel_shift_intensity", -0.1, 0.1),  # standardized units
+    ("brightness", 0.9, 1.1),  # factor
+]
+
+
+@pytest.mark.parametrize("key, low, high", RANGES)
+def test_each_parameter_is_uniform_over_the_papers_range(sampled, key, low, high):
+    values = sampled[key]
+    assert values.min() >= low - 1e-6 and values.max() <= high + 1e-6
+    width = high - low
+    # Spread over the whole range: both ends reached, and ten equal bins each hold a
+    # tenth of the draws (a uniform's bin count has sd 0.2 % here; 1.5 % is > 7 sd).
+    assert values.min() < low + 0.01 * width and values.max() > high - 0.01 * width
+    counts, _ = np.histogram(values, bins=10, range=(low, high))
+    np.testing.assert_allclose(counts / DRAWS, 0.1, atol=0.015)
+
+
+def test_flip_rate_is_one_half(sampled):
+    assert abs(sampled["flip_horizontal"].mean() - 0.5) < 0.02  # sd 0.0035
+    assert sampled["flip_horizontal"].dtype == bool
+
+
+def test_zoom_axes_are_drawn_independently_like_the_paper(sampled):
+    assert abs(np.corrcoef(sampled["zx"], sampled["zy"])[0, 1]) < 0.05
+
+
+@pytest.mark.parametrize("key, low, high", RANGES)
+def test_distributions_match_the_paper_generator(sampled, paper_sampled, key, low, high):
+    ours, paper = sampled[key], paper_sampled[key]
+    width = high - low
+    # Same range and same quantiles (4,000 IDG draws: a quantile's sd is < 1 % of the range).
+    assert paper.min() >= low - 1e-6 and paper.max() <= high + 1e-6
+    for q in (0.05, 0.25, 0.5, 0.75, 0.95):
+        assert abs(np.quantile(ours, q) - np.quantile(paper, q)) < 0.04 * width, q
+
+
+def test_flip_rate_matches_the_paper_generator(sampled, paper_sampled):
+    assert abs(sampled["flip_horizontal"].mean() - paper_sampled["flip_horizontal"].mean()) < 0.04
+
+
+def _pattern():
+    """A 32x32x3 image with a different value at every pixel and channel (standardized scale)."""
+    rows, cols = np.meshgrid(np.arange(32), np.arange(32), indexing="ij")
+    image = np.stack([rows * 0.1 - 1.6, cols * 0.07 - 1.1, np.sin(rows * 0.5) + np.cos(cols * 0.3)], axis=-1)
+    return image.astype(np.float32)
+
+
+def _one(**overrides):
+    """Parameters of one identity transform, with `overrides`, as (1,) arrays."""
+    params = {"theta": 0.0, "tx": 0.0, "ty": 0.0, "shear": 0.0, "zx": 1.0, "zy": 1.0,
+              "flip_horizontal": False, "channel_shift_intensity": 0.0, "brightness": 1.0}
+    params.update(overrides)
+    return {key: np.array([value], dtype=bool if key == "flip_horizontal" else np.float32)
+            for key, value in params.items()}
+
+
+def test_identity_shift_and_flip_move_pixels_where_they_should():
+    image = _pattern()
+    apply = lambda **kw: augment.apply_transforms(image[None], _one(**kw)).numpy()[0]  # noqa: E731
+    np.testing.assert_allclose(apply(), image, atol=1e-6)
+    # IDG maps each output pixel to input + shift; its tx moves columns, ty rows, and
+    # the edge is filled with the nearest pixel.
+    np.testing.assert_allclose(apply(tx=3.0), image[:, np.minimum(np.arange(32) + 3, 31)], atol=1e-5)
+    np.testing.assert_allclose(apply(ty=-2.0), image[np.maximum(np.arange(32) - 2, 0)], atol=1e-5)
+    np.testing.assert_allclose(apply(flip_horizontal=True), image[:, ::-1], atol=1e-5)
+    # A 90-degree rotation about the centre moves whole pixels (no interpolation). Its
+    # direction is a convention; the angle's distribution is symmetric either way.
+    np.testing.assert_allclose(apply(theta=90.0), np.rot90(image, 1), atol=1e-5)
+
+
+def test_channel_shift_and_brightness_follow_the_paper_generator_formulas():
+    image = _pattern()
+    low, high = image.min(), image.max()
+    shifted = augment.apply_transforms(image[None], _one(channel_shift_intensity=0.1)).numpy()[0]
+    np.testing.assert_allclose(shifted, np.clip(image + 0.1, low, high), atol=1e-6)
+    brighter = augment.apply_transforms(image[None], _one(brightness=1.1)).numpy()[0]
+    np.testing.assert_allclose(brighter, np.minimum(low + 1.1 * (image - low), high), atol=1e-5)
+
+
+def test_random_transforms_match_the_paper_generators_apply_transform():
+    """The paper's own apply_transform, fed our sampled parameters, gives our images."""
+    images, _ = make_images(12, seed=3)
+    images = data.standardize(images, data.compute_stats(images))
+    params = {key: value.numpy() for key, value in augment.sample_transforms(12, [1, 2]).items()}
+    ours = augment.apply_transforms(images, params).numpy()
+    no_intensity = dict(params, channel_shift_intensity=np.zeros(12, np.float32),
+                        brightness=np.ones(12, np.float32))
+    ours_geometry = augment.apply_transforms(images, no_intensity).numpy()
+    generator = data.paper_generator()
+    for i, image in enumerate(images):
+        draw = {key: value[i].item() for key, value in params.items()}
+        geometry = {key: draw[key] for key in ("theta", "tx", "ty", "shear", "zx", "zy", "flip_horizontal")}
+        np.testing.assert_allclose(ours_geometry[i], generator.apply_transform(image, geometry), atol=1e-4)
+        # With channel shift and brightness, IDG also rounds the image to 256 levels of
+        # its own range on the way through PIL; allow two of those steps.
+        paper = generator.apply_transform(image, draw)
+        step = (paper.max() - paper.min()) / 255
+        np.testing.assert_allclose(ours[i], paper, atol=2.5 * step)
+
+
+# --- make_dataset -----------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def small():
+    images, labels = make_images(100, seed=5)
+    # Tag each image with its index, so a test can find where any yielded image came from.
+    images[:, 0, 0, 0] = np.arange(100)
+    return images, data.one_hot(labels), data.compute_stats(images)
+
+
+def _epoch(dataset):
+    pairs = [(x.numpy(), y.numpy()) for x, y in dataset]
+    return np.concatenate([x for x, _ in pairs]), np.concatenate([y for _, y in pairs]), [len(x) for x, _ in pairs]
+
+
+def test_without_augmentation_batches_are_exactly_data_standardize(small):
+    images, labels, stats = small
+    x, y, sizes = _epoch(augment.make_dataset(images, labels, stats, 32, augment=False, shuffle=False))
+    assert sizes == [32, 32, 32, 4] and x.dtype == np.float32 and y.dtype == np.float32
+    np.testing.assert_array_equal(x, data.standardize(images, stats))
+    np.testing.assert_array_equal(y, labels)
+
+
+def _order(x, stats):
+    """The source index of every yielded image, read from its tag pixel."""
+    return np.rint(x[:, 0, 0, 0] * stats["std"] + stats["mean"]).astype(int)
+
+
+def test_shuffle_reshuffles_every_epoch_and_keeps_labels_with_images(small):
+    images, labels, stats = small
+    dataset = augment.make_dataset(images, labels, stats, 32, augment=False, shuffle=True, seed=1)
+    first, second = _epoch(dataset), _epoch(dataset)
+    order1, order2 = _order(first[0], stats), _order(second[0], stats)
+    assert sorted(order1) == list(range(100)) and sorted(order2) == list(range(100))
+    assert list(order1) != list(order2) and list(order1) != list(range(100))
+    np.testing.assert_array_equal(first[1], labels[order1])
+    np.testing.assert_array_equal(first[0], data.standardize(images[order1], stats))
+
+
+def test_augmented_batches_are_standardized_float32_and_vary(small):
+    images, labels, stats = small
+    dataset = augment.make_dataset(images, labels, stats, 64, augment=True, shuffle=False, seed=2)
+    (x1, y1, sizes), (x2, _, _) = _epoch(dataset), _epoch(dataset)
+    assert x1.shape == (100, 32, 32, 3) and x1.dtype == np.float32 and sizes == [64, 36]
+    np.testing.assert_array_equal(y1, labels)
+    plain = data.standardize(images, stats)
+    # Every image is changed, each epoch differently, and stays within its own range
+    # (nearest fill, clipped channel shift and brightness never leave it).
+    assert np.abs(x1 - plain).reshape(100, -1).max(axis=1).min() > 0
+    assert not np.allclose(x1, x2)
+    assert (x1.reshape(100, -1).max(axis=1) <= plain.reshape(100, -1).max(axis=1) + 1e-5).all()
+    assert (x1.reshape(100, -1).min(axis=1) >= plain.reshape(100, -1).min(axis=1) - 0.1 - 1e-5).all()
+    assert abs(float(x1.mean()) - float(plain.mean())) < 0.1
+
+
+def test_a_seed_makes_order_and_augmentation_repeatable(small):
+    images, labels, stats = small
+    make = lambda seed: augment.make_dataset(images, labels, stats, 32, augment=True,  # noqa: E731
+                                             shuffle=True, seed=seed)
+    one, two, other = make(4), make(4), make(5)
+    for _ in range(2):  # the first and second epochs both repeat
+        a, b, c = _epoch(one), _epoch(two), _epoch(other)
+        np.testing.assert_array_equal(a[0], b[0])
+        np.testing.assert_array_equal(a[1], b[1])
+        assert not np.allclose(a[0], c[0])
+
+
+def test_bad_inputs_are_refused(small):
+    images, labels, stats = small
+    with pytest.raises(ValueError, match="uint8"):
+        augment.make_dataset(images.astype(np.float32), labels, stats, 8, augment=False, shuffle=False)
+    with pytest.raises(ValueError, match="labels"):
+        augment.make_dataset(images, labels[:5], stats, 8, augment=False, shuffle=False)
+    with pytest.raises(ValueError, match="batch_size"):
+        augment.make_dataset(images, labels, stats, 0, augment=False, shuffle=False)

@@ -1,0 +1,680 @@
+"""Train one of the report's networks with its protocol into a self-contained, resumable run folder.
+
+    python train.py vgg16                          # the paper's protocol, into runs/vgg16/
+    python train.py alexnet --limit 2000 --epochs 2 --run-dir /tmp/runs/alexnet_smoke
+    python train.py vgg16 --resume                 # continue a killed run after its last completed epoch
+
+The paper's protocol (Gomez Cruz 2025, section 3) is the default: Adam at 5e-4,
+categorical cross-entropy, batch 64, up to 300 epochs, ReduceLROnPlateau and
+EarlyStopping on val_loss, the 45,000-image split standardized and augmented by the
+paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
+default (the paper augmented them too; --augment-validation reproduces that).
+
+Resume: after every epoch the run folder's checkpoint/ gets the model with its
+optimizer state (checkpoint/epoch_NNNN.keras) and then, as the commit, state.json with
+the callbacks' counters and the history. Keras' BackupAndRestore keeps only the weights
+and the epoch number: ReduceLROnPlateau and EarlyStopping would restart their patience
+and forget the best val_loss and best weights. checkpoint/ is deleted once the run is
+complete.
+"""
+import argparse
+import dataclasses
+import datetime
+import math
+import os
+import platform
+import shutil
+import signal
+import sys
+import tempfile
+import time
+
+import rundir  # first: it quiets TensorFlow's C++ start-up logging before TF loads
+from rundir import UserError
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+import data
+import models
+
+PROG = "train.py"
+CHECKPOINT_DIR = "checkpoint"  # inside the run folder; removed when the run completes
+STATE_FILE = "state.json"  # inside CHECKPOINT_DIR: the commit record of the last completed epoch
+TENSORBOARD_DIR = "tensorboard"
+# What --overwrite deletes: the files our scripts write into a run folder, nothing else.
+RUN_FILES = (rundir.MODEL_FILE, rundir.STATS_FILE, rundir.CONFIG_FILE, rundir.HISTORY_FILE,
+             rundir.METRICS_FILE)
+RUN_FOLDERS = (CHECKPOINT_DIR, TENSORBOARD_DIR)
+HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
+                "epoch_seconds")
+AUGMENTATIONS = ("idg", "fast", "none")
+PRECISIONS = ("float32", "mixed")
+STRATEGIES = ("none", "mirrored", "multiworker")
+
+
+def _setting(default, about, **cli):
+    """A Settings field: its default and one line of unit and source (the --help text too)."""
+    return dataclasses.field(default=default, metadata={"about": about, **cli})
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    """Every training setting, declared once with its unit and source; the command line overrides them."""
+
+    # The paper's protocol: Gomez Cruz 2025, section 3, the compile/callbacks/fit listing.
+    epochs: int = _setting(300, "maximum epochs (passes over the training split); paper: 300")
+    batch_size: int = _setting(64, "images per step, the global batch across devices; paper: 64")
+    learning_rate: float = _setting(5e-4, "Adam's initial step size; paper: 5e-4")
+    lr_factor: float = _setting(0.5, "ReduceLROnPlateau multiplies the learning rate by this; paper: 0.5")
+    lr_patience: int = _setting(10, "epochs without val_loss improvement before the learning rate is cut; "
+                                "paper: 10")
+    min_lr: float = _setting(1e-5, "floor of the learning rate; paper: 1e-5")
+    lr_min_delta: float = _setting(1e-4, "smallest val_loss decrease ReduceLROnPlateau counts as an "
+                                   "improvement; Keras' default, which the paper kept")
+    stop_patience: int = _setting(40, "epochs without val_loss improvement before training stops and the "
+                                  "best weights are restored; paper: 40")
+    stop_min_delta: float = _setting(0.0, "smallest val_loss decrease EarlyStopping counts as an "
+                                     "improvement; Keras' default, which the paper kept")
+    augmentation: str = _setting("idg", "idg: the paper's ImageDataGenerator (faithful, one CPU thread); "
+                                 "fast: augment.py's tf.data equivalent; none", choices=AUGMENTATIONS)
+    augment_validation: bool = _setting(False, "augment the validation images too, as the paper did (its "
+                                        "validation figures are on augmented images); default: clean")
+    weights: str = _setting("imagenet", "vgg16_pretrained's base: imagenet, none (random) or PATH to "
+                            "Keras' VGG16 notop .h5; paper: imagenet")
+    # Ours, not the paper's: reproducibility, scale, smoke runs.
+    seed: int = _setting(None, "seed of initial weights, augmentation and shuffling (the validation split "
+                         "is always the paper's random_state=0); default: drawn at random, saved in "
+                         "config.json")
+    limit: int = _setting(None, "smoke runs: train on the first N images of the 45,000-image training "
+                          "split and validate on the first max(N // 10, batch size) of the 5,000; "
+                          "default: all")
+    precision: str = _setting("float32", "float32, or mixed (bfloat16 on CPU, float16 on GPU)",
+                              choices=PRECISIONS)
+    steps_per_execution: int = _setting(1, "training steps per compiled call; more cuts per-step "
+                                        "overhead on fast GPUs")
+    distribute: str = _setting("none", "none; mirrored: all local GPUs (tf.distribute.MirroredStrategy); "
+                               "multiworker: MultiWorkerMirroredStrategy from TF_CONFIG", choices=STRATEGIES)
+    deterministic: bool = _setting(False, "deterministic TensorFlow ops (slower), for repeatable runs "
+                                   "with --seed")
+    tensorboard: bool = _setting(False, "write TensorBoard logs into RUN_DIR/tensorboard")
+
+
+# Settings that do not change what is trained, so --resume may take new values for them
+# (a run started on one machine can finish on another).
+RESUME_MAY_CHANGE = frozenset({"distribute", "deterministic", "steps_per_execution", "tensorboard"})
+
+
+def check_settings(model_name, settings):
+    """UserError naming the first unusable value (model name, counts, rates, combinations)."""
+    if model_name not in models.MODELS:
+        raise UserError(f"unknown model '{model_name}'; choose one of {', '.join(models.MODELS)}")
+    s = settings
+    for name, value, low in (("epochs", s.epochs, 1), ("batch size", s.batch_size, 1),
+                             ("lr patience", s.lr_patience, 0), ("stop patience", s.stop_patience, 0),
+                             ("steps per execution", s.steps_per_execution, 1)):
+        if not isinstance(value, int) or value < low:
+            raise UserError(f"{name} must be an integer >= {low}, received {value!r}")
+    if s.limit is not None and (not isinstance(s.limit, int) or s.limit < 1):
+        raise UserError(f"--limit must be a positive number of images, received {s.limit!r}")
+    if s.seed is not None and (not isinstance(s.seed, int) or not 0 <= s.seed < 2**31):
+        raise UserError(f"--seed must be an integer in [0, 2**31), received {s.seed!r}")
+    if not (math.isfinite(s.learning_rate) and s.learning_rate > 0):
+        raise UserError(f"learning rate must be > 0, received {s.learning_rate!r}")
+    if not 0 < s.lr_factor < 1:
+        raise UserError(f"lr factor must lie strictly between 0 and 1, received {s.lr_factor!r}")
+    for name, value in (("min lr", s.min_lr), ("lr min delta", s.lr_min_delta),
+                        ("stop min delta", s.stop_min_delta)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{name} must be >= 0, received {value!r}")
+    for name, value, choices in (("augmentation", s.augmentation, AUGMENTATIONS),
+                                 ("precision", s.precision, PRECISIONS),
+                                 ("distribute", s.distribute, STRATEGIES)):
+        if value not in choices:
+            raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+    if s.augment_validation and s.augmentation == "none":
+        raise UserError("--augment-validation needs an augmentation (idg or fast), not --augmentation none")
+
+
+def resolve_settings(model_name, settings):
+    """Fill what the defaults leave open: a random seed (then saved), no weights for scratch models."""
+    changes = {}
+    if settings.seed is None:
+        changes["seed"] = int.from_bytes(os.urandom(4), "little") % 2**31
+    if model_name != "vgg16_pretrained":
+        changes["weights"] = None
+    return dataclasses.replace(settings, **changes)
+
+
+def load_settings(run_dir):
+    """The resolved Settings saved in a run folder's config.json (for --resume)."""
+    config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
+    known = {field.name for field in dataclasses.fields(Settings)}
+    return Settings(**{key: value for key, value in config.get("settings", {}).items() if key in known})
+
+
+# --- The run folder -----------------------------------------------------------------
+
+def _now():
+    return datetime.datetime.now().astimezone().isoformat(timespec="seconds")
+
+
+def _is_run_folder(run_dir):
+    return any(os.path.exists(os.path.join(run_dir, name)) for name in RUN_FILES + RUN_FOLDERS)
+
+
+def _remove_stale_temporaries(folder):
+    """Delete the temporary files an atomic write killed mid-way leaves (.model.keras.XXXX.keras)."""
+    if not os.path.isdir(folder):
+        return
+    names = RUN_FILES + (STATE_FILE, "epoch_")
+    for entry in os.listdir(folder):
+        if entry.startswith(".") and any(entry.startswith(f".{name}") for name in names):
+            os.remove(os.path.join(folder, entry))
+
+
+def _open_run_dir(run_dir, resume, overwrite):
+    """Check the run folder against --resume/--overwrite and make sure it can be written.
+
+    Returns (config of the run to resume or None, whether this call created the folder).
+    """
+    config = None
+    if resume:
+        if not os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE)):
+            raise UserError(f"--resume: no run to resume in '{run_dir}' (it holds no {rundir.CONFIG_FILE})")
+        config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
+        if config.get("status") == "complete":
+            raise UserError(f"--resume: the run in '{run_dir}' is already complete "
+                            f"({config.get('epochs_completed')} epochs); nothing to resume "
+                            "(--overwrite trains it again)")
+    elif os.path.isdir(run_dir) and os.listdir(run_dir):
+        if not _is_run_folder(run_dir):
+            raise UserError(f"run folder '{run_dir}' is not empty and holds no run; choose another --run-dir")
+        if not overwrite:
+            raise UserError(f"run folder '{run_dir}' already holds a run; --resume continues it, "
+                            "--overwrite replaces it")
+        for name in RUN_FILES:
+            if os.path.exists(os.path.join(run_dir, name)):
+                os.remove(os.path.join(run_dir, name))
+        for name in RUN_FOLDERS:
+            shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
+    created = not os.path.exists(run_dir)
+    try:
+        os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise UserError(f"run folder '{run_dir}' cannot be written ({error.strerror or error})") from None
+    _remove_stale_temporaries(run_dir)
+    _remove_stale_temporaries(os.path.join(run_dir, CHECKPOINT_DIR))
+    return config, created
+
+
+def _read_checkpoint(run_dir):
+    """The committed state of the last completed epoch, or None when no epoch completed."""
+    path = os.path.join(run_dir, CHECKPOINT_DIR, STATE_FILE)
+    if not os.path.isfile(path):
+        return None
+    state = rundir.read_json(path, "the resume state")
+    model_path = os.path.join(run_dir, CHECKPOINT_DIR, state.get("checkpoint", ""))
+    if not os.path.isfile(model_path):
+        raise UserError(f"{model_path}: missing (named by {path}); the checkpoint cannot be resumed")
+    return state
+
+
+# --- Devices ------------------------------------------------------------------------
+
+def split_cpu(count):
+    """Present the CPU as `count` logical devices (to exercise --distribute without GPUs).
+
+    Must run before TensorFlow initializes its devices: first thing in a fresh process.
+    """
+    cpus = tf.config.list_physical_devices("CPU")
+    try:
+        tf.config.set_logical_device_configuration(
+            cpus[0], [tf.config.LogicalDeviceConfiguration() for _ in range(count)])
+    except RuntimeError as error:
+        raise UserError(f"--cpu-devices {count}: TensorFlow is already initialized ({error})") from None
+
+
+def make_strategy(distribute):
+    """The tf.distribute strategy for --distribute (none: the default strategy, one device)."""
+    if distribute == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if distribute == "multiworker":
+        # Reads TF_CONFIG; without it, a cluster of one worker.
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def _is_chief(strategy):
+    """Whether this process writes the run folder (multi-worker: the chief, else worker 0)."""
+    resolver = getattr(strategy, "cluster_resolver", None)
+    if resolver is None or not resolver.task_type:
+        return True
+    if resolver.task_type == "chief":
+        return True
+    return (resolver.task_type == "worker" and resolver.task_id == 0
+            and "chief" not in resolver.cluster_spec().as_dict())
+
+
+# --- Data ---------------------------------------------------------------------------
+
+def load_split(data_dir, limit, batch_size):
+    """The paper's 45,000/5,000 split, cut to --limit: (x_train, y_train, x_valid, y_valid) uint8/int."""
+    (x_all, y_all), _ = data.load_cifar10(data_dir)
+    x_train, x_valid, y_train, y_valid = data.split_validation(x_all, y_all)
+    if limit is not None:
+        valid_count = max(limit // 10, batch_size)
+        x_train, y_train = x_train[:limit], y_train[:limit]
+        x_valid, y_valid = x_valid[:valid_count], y_valid[:valid_count]
+    return x_train, y_train, x_valid, y_valid
+
+
+def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch):
+    """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}."""
+    batch_size = settings.batch_size
+    y_train, y_valid = data.one_hot(y_train), data.one_hot(y_valid)
+    if settings.augmentation == "fast":
+        import augment  # the tf.data pipeline of issue 5, imported only when asked for
+        return {"x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=True, shuffle=True,
+                                          seed=seed),
+                "validation_data": augment.make_dataset(x_valid, y_valid, stats, batch_size,
+                                                        augment=settings.augment_validation,
+                                                        shuffle=False, seed=seed)}
+    x_train, x_valid = data.standardize(x_train, stats), data.standardize(x_valid, stats)
+    if settings.augmentation == "none":
+        return {"x": x_train, "y": y_train, "batch_size": batch_size, "shuffle": True,
+                "validation_data": (x_valid, y_valid), "validation_batch_size": batch_size}
+    # The paper's path: ImageDataGenerator.flow over standardized images. With a seed,
+    # flow() reseeds numpy before each batch from seed + batches seen; starting that count
+    # at the resumed epoch keeps a resumed run from replaying epoch 1's augmentations.
+    train_flow = data.paper_generator().flow(x_train, y_train, batch_size=batch_size, shuffle=True,
+                                             seed=seed)
+    train_flow.total_batches_seen = initial_epoch * len(train_flow)
+    if settings.augment_validation:
+        valid = data.paper_generator().flow(x_valid, y_valid, batch_size=batch_size, shuffle=False,
+                                            seed=seed + 1)
+        valid.total_batches_seen = initial_epoch * len(valid)
+    else:
+        valid = (x_valid, y_valid)
+    return {"x": train_flow, "validation_data": valid, "validation_batch_size": batch_size}
+
+
+# --- The per-epoch commit and its restore ----------------------------------------------
+
+class RunFolderCheckpoint(keras.callbacks.Callback):
+    """Commits every completed epoch to the run folder; on resume, restores the callbacks' state.
+
+    Placed after ReduceLROnPlateau and EarlyStopping in the callback list, so that it sees
+    their end-of-epoch decisions (a cut learning rate, a new best) and, at the start of
+    fit, overwrites the reset their on_train_begin does with the saved counters.
+
+    Per epoch, in this order: checkpoint/epoch_NNNN.keras (model + optimizer state);
+    checkpoint/state.json, the commit (counters, history, seconds); model.keras if this
+    epoch is the best; history.json; then the previous epoch's checkpoint is deleted.
+    Every write is atomic, so a kill at any point leaves the last committed epoch whole.
+    """
+
+    def __init__(self, write_dir, reduce_lr, early_stopping, history, state=None, best_weights=None,
+                 seconds_before=0.0):
+        super().__init__()
+        self.write_dir = write_dir
+        self.reduce_lr = reduce_lr
+        self.early_stopping = early_stopping
+        self.history = history
+        self.state = state
+        self.best_weights = best_weights
+        self.seconds_before = seconds_before
+        self.train_seconds = seconds_before
+
+    def on_train_begin(self, logs=None):
+        if self.state is not None:
+            for callback, key in ((self.reduce_lr, "reduce_lr"), (self.early_stopping, "early_stopping")):
+                for attribute, value in self.state[key].items():
+                    setattr(callback, attribute, value)
+            self.early_stopping.best_weights = self.best_weights
+        self.session_start = time.perf_counter()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch_start = time.perf_counter()
+        self.epoch_learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs = logs or {}
+        seconds = time.perf_counter() - self.epoch_start
+        record = {"epoch": epoch + 1, "learning_rate": self.epoch_learning_rate, "epoch_seconds": seconds}
+        for key in ("loss", "accuracy", "val_loss", "val_accuracy"):
+            record[key] = float(logs[key]) if key in logs else None
+        for key in HISTORY_KEYS:
+            self.history[key].append(record[key])
+        self.train_seconds = self.seconds_before + time.perf_counter() - self.session_start
+        self.commit(epoch)
+
+    def commit(self, epoch):
+        folder = os.path.join(self.write_dir, CHECKPOINT_DIR)
+        name = f"epoch_{epoch + 1:04d}.keras"
+        rundir.save_model(self.model, os.path.join(folder, name))
+        state = {
+            "epoch": epoch + 1,  # completed epochs; fit resumes with initial_epoch = this
+            "checkpoint": name,
+            **_callback_state(self.reduce_lr, self.early_stopping),
+            "stopped": bool(self.model.stop_training),
+            "train_seconds": self.train_seconds,
+            "history": self.history,
+        }
+        rundir.write_json(os.path.join(folder, STATE_FILE), state)
+        if self.early_stopping.best_epoch == epoch:
+            rundir.save_model(self.model, os.path.join(self.write_dir, rundir.MODEL_FILE))
+        rundir.write_json(os.path.join(self.write_dir, rundir.HISTORY_FILE), self.history)
+        for entry in os.listdir(folder):
+            if entry.startswith("epoch_") and entry != name:
+                os.remove(os.path.join(folder, entry))
+
+
+def _plain(value):
+    """A callback's `best` (None, a float or a 0-d tensor) as a JSON number or None."""
+    return None if value is None else float(keras.ops.convert_to_numpy(value))
+
+
+# --- Training -----------------------------------------------------------------------
+
+def _compile(model, settings):
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=settings.steps_per_execution)
+
+
+def _session_seed(seed, initial_epoch):
+    """The seed of this session: the run's own at the start, a derived one after a resume."""
+    if initial_epoch == 0:
+        return seed
+    return int(np.random.SeedSequence([seed, initial_epoch]).generate_state(1)[0] % 2**31)
+
+
+def _print_start(model_name, model, settings, config, run_dir, initial_epoch, policy, log):
+    total, _, frozen = models.count_parameters(model)
+    split = config["split"]
+    log(f"{PROG}: {model_name}, {total:,} parameters ({frozen:,} frozen), policy {policy}")
+    log(f"  data      {config['data_source']}")
+    limit = f" (--limit {settings.limit})" if settings.limit else ""
+    log(f"  split     {split['train']:,} training, {split['valid']:,} validation images{limit}; "
+        f"validation {'augmented (as the paper)' if settings.augment_validation else 'clean'}")
+    log(f"  device    {config['device']}; strategy {config['strategy']['name']} "
+        f"({config['strategy']['replicas']} replica(s))")
+    log(f"  run       {os.path.abspath(run_dir)}"
+        + (f" (resuming after epoch {initial_epoch})" if initial_epoch else ""))
+    log("  settings")
+    for field in dataclasses.fields(Settings):
+        log(f"    {field.name:<20} {getattr(settings, field.name)!s:<10} {field.metadata['about']}")
+
+
+def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=False, overwrite=False,
+          log=print):
+    """Train `model_name` with `settings` into `run_dir` and return its history dict.
+
+    Args:
+        model_name: a key of models.MODELS.
+        settings: a Settings (the paper's protocol by default). With resume=True, pass
+            load_settings(run_dir), optionally changed in RESUME_MAY_CHANGE only.
+        run_dir: the run folder (default runs/<model_name>).
+        data_dir: an official CIFAR-10 layout (see data.py); on resume, default the run's.
+        resume: continue the run in run_dir after its last completed epoch.
+        overwrite: replace a run already in run_dir.
+        log: where the start-up block and summary go.
+
+    Returns:
+        The history: a dict of per-epoch lists (keys HISTORY_KEYS), all epochs of the run.
+
+    Raises:
+        UserError (data.DataError, models.WeightsError): unusable input, told in one line.
+    """
+    check_settings(model_name, settings)
+    run_dir = run_dir or os.path.join("runs", model_name)
+    if resume and overwrite:
+        raise UserError("--resume and --overwrite exclude each other: continue the run or replace it")
+    settings = resolve_settings(model_name, settings)
+
+    # Strategy first: MultiWorkerMirroredStrategy must exist before other TensorFlow work.
+    strategy = make_strategy(settings.distribute)
+    chief = _is_chief(strategy)
+    previous, state, created = None, None, False
+    if chief:
+        previous, created = _open_run_dir(run_dir, resume, overwrite)
+    elif resume:
+        previous = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
+    if previous is not None:
+        if previous.get("model") != model_name:
+            raise UserError(f"--resume: '{run_dir}' holds a {previous.get('model')} run, not {model_name}")
+        saved = load_settings(run_dir)
+        for field in dataclasses.fields(Settings):
+            given, kept = getattr(settings, field.name), getattr(saved, field.name)
+            if field.name not in RESUME_MAY_CHANGE and given != kept:
+                raise UserError(f"--resume continues '{run_dir}' with its saved settings; {field.name} "
+                                f"differs (saved {kept!r}, given {given!r})")
+        if data_dir is None and previous.get("data_source") != data.describe_source(None):
+            data_dir = previous.get("data_source")
+        state = _read_checkpoint(run_dir)
+    initial_epoch = state["epoch"] if state else 0
+    # Non-chief workers take part in every save (collective reads) but into a scratch folder.
+    write_dir = run_dir if chief else tempfile.mkdtemp(prefix="train-worker-")
+
+    old_policy = keras.mixed_precision.global_policy().name
+    gpus = tf.config.list_physical_devices("GPU")
+    try:
+        policy = models.set_precision(settings.precision, on_gpu=bool(gpus))
+        if settings.deterministic:
+            tf.config.experimental.enable_op_determinism()
+        seed = _session_seed(settings.seed, initial_epoch)
+        keras.utils.set_random_seed(seed)
+        try:
+            with strategy.scope():
+                # The model first: a missing pretrained weights file stops us before any data loads.
+                # A resumed checkpoint brings every weight, so nothing is downloaded for it.
+                model = models.build_model(model_name, weights=None if state else settings.weights)
+                _compile(model, settings)
+            x_train, y_train, x_valid, y_valid = load_split(data_dir, settings.limit, settings.batch_size)
+        except BaseException:
+            if created and os.path.isdir(run_dir):  # leave no empty folder behind a failed start
+                shutil.rmtree(run_dir, ignore_errors=True)
+            raise
+        stats = data.compute_stats(x_train)
+        if previous is not None:
+            _check_same_data(run_dir, stats)
+        config = dict(previous) if previous else {"model": model_name, "started": _now()}
+        config.update({
+            "settings": dataclasses.asdict(settings),
+            "data_source": data.describe_source(data_dir),
+            "device": rundir.device_description(),
+            "strategy": {"name": settings.distribute, "replicas": strategy.num_replicas_in_sync},
+            "policy": policy,
+            "versions": {"tensorflow": tf.__version__, "keras": keras.__version__,
+                         "numpy": np.__version__, "python": platform.python_version()},
+            "parameters": models.count_parameters(model)[0],
+            "split": {"train": len(x_train), "valid": len(x_valid)},
+            "status": "running",
+        })
+        if previous is not None:
+            config["resumed"] = list(previous.get("resumed", [])) + [{"at": _now(), "after_epoch": initial_epoch}]
+        data.save_stats(stats, os.path.join(write_dir, rundir.STATS_FILE))
+        rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
+
+        history = {key: [] for key in HISTORY_KEYS}
+        best_weights = None
+        if state:
+            history = {key: list(state["history"][key]) for key in HISTORY_KEYS}
+            best_weights = _restore(model, run_dir, write_dir, state, strategy)
+            rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
+
+        reduce_lr = keras.callbacks.ReduceLROnPlateau(
+            monitor="val_loss", factor=settings.lr_factor, patience=settings.lr_patience,
+            min_lr=settings.min_lr, min_delta=settings.lr_min_delta, verbose=1)
+        early_stopping = keras.callbacks.EarlyStopping(
+            monitor="val_loss", patience=settings.stop_patience, min_delta=settings.stop_min_delta,
+            restore_best_weights=True, verbose=1)
+        checkpoint = RunFolderCheckpoint(write_dir, reduce_lr, early_stopping, history, state=state,
+                                         best_weights=best_weights,
+                                         seconds_before=state["train_seconds"] if state else 0.0)
+        callbacks = [reduce_lr, early_stopping, checkpoint]  # this order: see RunFolderCheckpoint
+        if settings.tensorboard:
+            callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, TENSORBOARD_DIR)))
+
+        _print_start(model_name, model, settings, config, run_dir, initial_epoch, policy, log)
+        inputs = make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch)
+        if initial_epoch < settings.epochs and not (state and state["stopped"]):
+            model.fit(**inputs, epochs=settings.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
+                      verbose=1 if sys.stdout.isatty() else 2)
+            callback_state = _callback_state(reduce_lr, early_stopping)
+        else:  # killed after the last epoch's commit: nothing left to train
+            callback_state = {key: state[key] for key in ("reduce_lr", "early_stopping")}
+        config.update({"finished": _now(), "train_seconds": checkpoint.train_seconds,
+                       "epochs_completed": len(history["epoch"]),
+                       "best_epoch": callback_state["early_stopping"]["best_epoch"] + 1,
+                       "callbacks": callback_state, "status": "complete"})
+        rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
+        rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
+        # Only after config.json says complete: a kill before this line leaves a resumable run.
+        shutil.rmtree(os.path.join(write_dir, CHECKPOINT_DIR), ignore_errors=True)
+    finally:
+        keras.mixed_precision.set_global_policy(old_policy)
+        if not chief:
+            shutil.rmtree(write_dir, ignore_errors=True)
+
+    _print_summary(model_name, history, config, run_dir, log)
+    return history
+
+
+def _callback_state(reduce_lr, early_stopping):
+    """The counters ReduceLROnPlateau and EarlyStopping keep, as Keras names them (best_epoch 0-based)."""
+    return {"reduce_lr": {"best": _plain(reduce_lr.best), "wait": reduce_lr.wait,
+                          "cooldown_counter": reduce_lr.cooldown_counter},
+            "early_stopping": {"best": _plain(early_stopping.best), "wait": early_stopping.wait,
+                               "best_epoch": early_stopping.best_epoch}}
+
+
+def _restore(model, run_dir, write_dir, state, strategy):
+    """Load the last committed epoch (weights + optimizer) into `model`; return the best weights."""
+    checkpoint = os.path.join(run_dir, CHECKPOINT_DIR, state["checkpoint"])
+    best = os.path.join(run_dir, rundir.MODEL_FILE)
+    with strategy.scope():
+        model.optimizer.build(model.trainable_variables)  # its slots must exist to receive the state
+        if state["early_stopping"]["best_epoch"] == state["epoch"] - 1:
+            # The last committed epoch is the best one; a kill may have come before model.keras was
+            # rewritten, so write it again from the checkpoint.
+            model.load_weights(checkpoint)
+            rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
+        elif os.path.isfile(best):
+            model.load_weights(best)
+        else:
+            raise UserError(f"{best}: missing; EarlyStopping's best weights cannot be restored")
+        best_weights = model.get_weights()
+        model.load_weights(checkpoint)
+    return best_weights
+
+
+def _check_same_data(run_dir, stats):
+    """A resumed run must see the images it started on: compare the standardization statistics."""
+    saved = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
+    if saved.get("pixels") != stats["pixels"] or not all(
+            math.isclose(saved[key], stats[key], rel_tol=1e-9) for key in ("mean", "std")):
+        raise UserError(f"--resume: the training images differ from the ones '{run_dir}' started on "
+                        f"(mean {stats['mean']:.6f}, saved {saved['mean']:.6f}); pass the same --data-dir")
+
+
+def _print_summary(model_name, history, config, run_dir, log):
+    epochs = len(history["epoch"])
+    if not epochs:
+        log(f"{PROG}: {model_name}: no epoch trained; run folder {run_dir}")
+        return
+    best = config["best_epoch"] - 1
+    seconds = config["train_seconds"]
+    reason = ("early stopping" if epochs < config["settings"]["epochs"] else "epoch limit")
+    log(f"{PROG}: {model_name} done: {epochs} epochs in {seconds:.1f} s "
+        f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; best epoch "
+        f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "
+        f"{100 * history['val_accuracy'][best]:.2f} %; run folder {run_dir}")
+
+
+# --- Command line ------------------------------------------------------------------
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line on stderr (exit 2) like every other bad input."""
+
+    def error(self, message):
+        rundir.fail(self.prog, UserError(message))
+
+
+_METAVARS = {int: "N", float: "X", str: "VALUE"}
+
+
+def build_parser():
+    parser = _Parser(
+        prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Train one of the report's networks with its protocol (Gomez Cruz 2025) into a "
+        "run folder: model.keras (best by val_loss), stats.json, config.json, history.json.",
+        epilog="Validation is on clean images by default; the paper augmented them too "
+        "(--augment-validation).\n--limit N keeps the first N images of the 45,000-image training "
+        "split (the paper's random_state=0 split)\nand the first max(N // 10, batch size) of the "
+        "5,000 validation images; statistics come from what is kept.\nA killed run continues with "
+        "--resume from its last completed epoch (optimizer, learning-rate cuts,\nearly-stopping "
+        "counters and best weights kept); the checkpoint/ folder goes once the run is complete.")
+    parser.add_argument("model", metavar="MODEL", help=f"one of {', '.join(models.MODELS)}")
+    for field in dataclasses.fields(Settings):
+        flag = "--" + field.name.replace("_", "-")
+        about = field.metadata["about"]
+        if "default:" not in about:
+            about += f" (default: {field.default})"
+        if field.type is bool:
+            parser.add_argument(flag, action="store_true", default=None, help=about)
+        else:
+            parser.add_argument(flag, type=field.type, default=None, choices=field.metadata.get("choices"),
+                                metavar=None if "choices" in field.metadata else _METAVARS.get(field.type),
+                                help=about)
+    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (see data.py; default: "
+                        f"${data.DATA_DIR_ENV}, else Keras' download; on --resume, the run's)")
+    parser.add_argument("--run-dir", help="the run folder (default: runs/MODEL)")
+    parser.add_argument("--resume", action="store_true", help="continue the run in the run folder after "
+                        "its last completed epoch, with its saved settings")
+    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
+    parser.add_argument("--cpu-devices", type=int, metavar="N", help="split the CPU into N logical "
+                        "devices, to try --distribute mirrored on a machine without GPUs")
+    return parser
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM ends like Ctrl-C: the last completed epoch is already saved
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    run_dir = args.run_dir or os.path.join("runs", args.model)
+    previous_handler = signal.signal(signal.SIGTERM, _interrupt)
+    try:
+        if args.model not in models.MODELS:
+            raise UserError(f"unknown model '{args.model}'; choose one of {', '.join(models.MODELS)}")
+        if args.cpu_devices is not None:
+            if args.cpu_devices < 1:
+                raise UserError(f"--cpu-devices must be >= 1, received {args.cpu_devices}")
+            split_cpu(args.cpu_devices)  # before anything initializes TensorFlow's devices
+        explicit = {field.name: getattr(args, field.name) for field in dataclasses.fields(Settings)
+                    if getattr(args, field.name) is not None}
+        if "weights" in explicit and args.model != "vgg16_pretrained":
+            raise UserError(f"--weights applies to vgg16_pretrained only, not {args.model}")
+        use_saved = args.resume and os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE))
+        base = load_settings(run_dir) if use_saved else Settings()
+        train(args.model, dataclasses.replace(base, **explicit), run_dir, data_dir=args.data_dir,
+              resume=args.resume, overwrite=args.overwrite)
+    except UserError as error:
+        rundir.fail(PROG, error)
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted; completed epochs are saved, continue with: "
+              f"python train.py {args.model} --resume --run-dir {run_dir}", file=sys.stderr)
+        return 130
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,213 @@
+"""Evaluate run folders on the CIFAR-10 test set: the paper's Table 2, and metrics.json.
+
+    python evaluate.py runs/vgg16 runs/alexnet --data-dir /data/cifar10
+
+Each run is evaluated on the 10,000 test images standardized with that run's own
+stats.json (never statistics of the test set). The model predicts the test set once,
+after an untimed warm-up; accuracy, loss (categorical cross-entropy), top-5 accuracy,
+per-class accuracy and the confusion matrix are all computed from those predictions,
+and written with the timing to `metrics.json` in the run folder (Gomez Cruz 2025,
+section 4, Table 2).
+"""
+import argparse
+import datetime
+import os
+import sys
+import time
+
+import numpy as np
+
+import data
+import rundir
+from rundir import UserError
+
+# Images per predict batch. The paper trained with batch_size=64 (section 3) and gives
+# no evaluation batch size; 64 keeps memory small on any machine. Timings depend on it,
+# so it is recorded in metrics.json.
+DEFAULT_BATCH_SIZE = 64
+TOP_K = 5  # top-5 accuracy, the usual second number for CIFAR/ImageNet classifiers
+# Keras clips probabilities to [epsilon, 1 - epsilon] in categorical_crossentropy; we
+# compute the loss from the predictions with the same clipping, so it matches model.evaluate.
+LOSS_EPSILON = 1e-7
+
+# The paper's Table 2 (seconds to predict the test set on a MacBook Air M3 GPU, and
+# accuracy in %), keyed by our model names.
+PAPER_TABLE2 = {
+    "vgg16": ("Scratch VGG16", 4, 90),
+    "alexnet": ("Scratch AlexNet", 3, 74),
+    "vgg16_pretrained": ("Pretrained VGG16", 100, 77),
+}
+
+
+def load_test_set(data_dir=None, limit=None):
+    """The CIFAR-10 test split: (uint8 images (N,32,32,3), int64 labels (N,)).
+
+    `limit` keeps the first `limit` images (a quick smoke run; the count is recorded).
+    """
+    _, (x_test, y_test) = data.load_cifar10(data_dir)
+    y_test = np.asarray(y_test).reshape(-1).astype(np.int64)
+    if limit is not None:
+        x_test, y_test = x_test[:limit], y_test[:limit]
+    return x_test, y_test
+
+
+def compute_metrics(probabilities, labels):
+    """Every quality metric from one (N, 10) array of softmax outputs and true labels (N,).
+
+    Returns a dict with test_accuracy, test_loss, top5_accuracy, per_class_accuracy
+    (class name -> accuracy, None for a class absent from `labels`), confusion_matrix
+    (10x10 counts, rows = true class, columns = predicted class) and test_images.
+    """
+    from sklearn.metrics import confusion_matrix
+    probabilities = np.asarray(probabilities, dtype=np.float64)
+    labels = np.asarray(labels).reshape(-1).astype(np.int64)
+    if probabilities.shape != (len(labels), data.NUM_CLASSES):
+        raise ValueError(f"expected probabilities of shape ({len(labels)}, {data.NUM_CLASSES}), "
+                         f"received {probabilities.shape}")
+    predicted = probabilities.argmax(axis=1)
+    # As Keras' categorical_crossentropy: renormalize, clip, mean of -log p(true class).
+    normalized = probabilities / probabilities.sum(axis=1, keepdims=True)
+    true_probability = np.clip(normalized[np.arange(len(labels)), labels], LOSS_EPSILON, 1 - LOSS_EPSILON)
+    top_k = np.argsort(-probabilities, axis=1, kind="stable")[:, :TOP_K]
+    matrix = confusion_matrix(labels, predicted, labels=list(range(data.NUM_CLASSES)))
+    per_class = {}
+    for index, name in enumerate(data.CLASS_NAMES):
+        count = int(matrix[index].sum())
+        per_class[name] = float(matrix[index, index] / count) if count else None
+    return {
+        "test_accuracy": float(np.mean(predicted == labels)),
+        "test_loss": float(-np.mean(np.log(true_probability))),
+        "top5_accuracy": float(np.mean((top_k == labels[:, None]).any(axis=1))),
+        "per_class_accuracy": per_class,
+        "confusion_matrix": matrix.astype(int).tolist(),
+        "test_images": int(len(labels)),
+    }
+
+
+def read_run(run_dir):
+    """Check a run folder and return (model name, stats) without loading the model."""
+    rundir.check_run_dir(run_dir)
+    model_path = os.path.join(run_dir, rundir.MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise UserError(f"{model_path}: missing (is '{run_dir}' a run folder made by train.py?)")
+    stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
+    return run_name(run_dir), stats
+
+
+def run_name(run_dir):
+    """The model name from config.json, else the folder's name (config.json is optional here)."""
+    config_path = os.path.join(run_dir, rundir.CONFIG_FILE)
+    if os.path.isfile(config_path):
+        config = rundir.read_json(config_path, "the run's configuration")
+        if isinstance(config, dict) and config.get("model"):
+            return str(config["model"])
+    return os.path.basename(os.path.normpath(run_dir))
+
+
+def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True):
+    """Evaluate one run folder on uint8 test images and integer labels; return the metrics.
+
+    The images are standardized with the run's stats.json. Timing: loading the model
+    is timed on its own; then an untimed warm-up (which traces the predict function
+    for a full and a ragged batch), then one timed pass over every test image.
+    With `write`, the metrics are written atomically to RUN_DIR/metrics.json.
+    """
+    model_name, stats = read_run(run_dir)
+    start = time.perf_counter()
+    model = rundir.load_model(run_dir)
+    load_seconds = time.perf_counter() - start
+
+    x = data.standardize(x_test, stats)
+    model.predict(x[:batch_size + 1], batch_size=batch_size, verbose=0)  # warm-up, untimed
+    start = time.perf_counter()
+    probabilities = model.predict(x, batch_size=batch_size, verbose=0)
+    predict_seconds = time.perf_counter() - start
+
+    metrics = {"model": model_name, "run_dir": os.path.abspath(run_dir)}
+    metrics.update(compute_metrics(probabilities, y_test))
+    metrics.update({
+        "predict_seconds": predict_seconds,
+        "load_seconds": load_seconds,
+        "ms_per_image": 1000 * predict_seconds / len(x),
+        "device": rundir.device_description(),
+        "batch_size": int(batch_size),
+        "evaluated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+    })
+    if write:
+        rundir.write_json(os.path.join(run_dir, rundir.METRICS_FILE), metrics)
+    return metrics
+
+
+def format_report(metrics):
+    """One run's metrics as readable text: summary, timing, per-class accuracy, confusion matrix."""
+    lines = [
+        f"{metrics['model']} ({metrics['run_dir']}) on {metrics['test_images']:,} test images",
+        f"  test accuracy {100 * metrics['test_accuracy']:.2f} %, top-5 {100 * metrics['top5_accuracy']:.2f} %, "
+        f"loss {metrics['test_loss']:.4f}",
+        f"  predict {metrics['predict_seconds']:.2f} s ({metrics['ms_per_image']:.3f} ms/image, "
+        f"batch size {metrics['batch_size']}, {metrics['device']}); model load {metrics['load_seconds']:.2f} s",
+        "  per-class accuracy: " + ", ".join(
+            f"{name} {'n/a' if acc is None else f'{100 * acc:.1f} %'}"
+            for name, acc in metrics["per_class_accuracy"].items()),
+        "  confusion matrix (rows = true class, columns = predicted):",
+    ]
+    short = [name[:5] for name in data.CLASS_NAMES]
+    lines.append("    " + " " * 10 + "".join(f"{name:>7}" for name in short))
+    for name, row in zip(data.CLASS_NAMES, metrics["confusion_matrix"]):
+        lines.append(f"    {name:<10}" + "".join(f"{count:>7}" for count in row))
+    return "\n".join(lines)
+
+
+def format_table(all_metrics):
+    """The paper's Table 2 (model, seconds to predict the test set, accuracy), the paper's figures beside ours."""
+    header = (f"{'CNN':<20} {'run':<24} {'Δt (s)':>8} {'Acc. %':>7}   "
+              f"{'paper Δt (s)':>12} {'paper Acc. %':>12}")
+    lines = ["Table 2: CNN testing performance (ours, and the paper's on a MacBook Air M3)", header,
+             "-" * len(header)]
+    for metrics in all_metrics:
+        label, paper_seconds, paper_accuracy = PAPER_TABLE2.get(metrics["model"], (metrics["model"], None, None))
+        run = os.path.basename(os.path.normpath(metrics["run_dir"]))
+        paper = (f"{paper_seconds:>12} {paper_accuracy:>12}" if paper_seconds is not None
+                 else f"{'-':>12} {'-':>12}")
+        lines.append(f"{label:<20} {run[:24]:<24} {metrics['predict_seconds']:>8.1f} "
+                     f"{100 * metrics['test_accuracy']:>7.1f}   {paper}")
+    devices = sorted({metrics["device"] for metrics in all_metrics})
+    lines.append(f"ours: {', '.join(devices)}; {all_metrics[0]['test_images']:,} test images")
+    return "\n".join(lines)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="evaluate.py", description="Evaluate run folders on the CIFAR-10 test set, print the "
+        "paper's Table 2 with the paper's figures beside ours, and write metrics.json into each run.")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
+    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (default: ${data.DATA_DIR_ENV}, "
+                        "else Keras' download)")
+    parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
+                        help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")
+    parser.add_argument("--limit", type=int, default=None,
+                        help="evaluate on the first N test images only (a smoke run; default: all 10,000)")
+    args = parser.parse_args(argv)
+    try:
+        if args.batch_size < 1:
+            raise UserError(f"--batch-size must be at least 1, received {args.batch_size}")
+        if args.limit is not None and args.limit < 1:
+            raise UserError(f"--limit must be at least 1, received {args.limit}")
+        for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
+            read_run(run_dir)
+        x_test, y_test = load_test_set(args.data_dir, args.limit)
+        print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
+        all_metrics = []
+        for run_dir in args.run_dirs:
+            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size)
+            print(format_report(metrics))
+            print(f"  wrote {os.path.join(run_dir, rundir.METRICS_FILE)}\n")
+            all_metrics.append(metrics)
+        print(format_table(all_metrics))
+    except UserError as error:
+        rundir.fail("evaluate.py", error)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,219 @@
+"""The paper's figures from run folders: training curves, confusion matrices, the training images.
+
+    python plots.py runs/vgg16 runs/alexnet --data-dir /data/cifar10 --out figures
+
+Writes, as PNG (or `--format pdf|svg`):
+    OUT/accuracy.png       training and validation accuracy per epoch, every run on one
+                           figure, learning-rate reductions marked (Figures 5 and 7)
+    OUT/loss.png           the same for the loss (Figure 6)
+    OUT/cifar10_first48.png  the first 48 training images with their classes (Figure 1),
+                           with --data-dir only
+    RUN/confusion_matrix.png  for each run that evaluate.py has evaluated (from metrics.json);
+                           a per-run figure stays with its run, like metrics.json
+OUT defaults to `figures/` in the current folder. Every figure is written atomically.
+"""
+import argparse
+import os
+import sys
+import tempfile
+
+import numpy as np
+
+import data
+import rundir
+from rundir import UserError
+
+FORMATS = ("png", "pdf", "svg")
+FIGURE_SIZE = (6.4, 4.0)  # inches: a full text width of an A4/letter paper at 10 pt fonts
+DPI = 200  # PNG resolution, sharp when printed at FIGURE_SIZE
+FONT_SIZE = 10  # points, the size of a paper's body text
+GRID_ROWS, GRID_COLUMNS = 6, 8  # Figure 1: the first 48 training images
+DEFAULT_OUT = "figures"
+
+
+def pyplot():
+    """matplotlib.pyplot on the headless Agg backend (we only ever write files)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    plt.rcParams.update({"font.size": FONT_SIZE, "axes.titlesize": FONT_SIZE + 1,
+                         "legend.fontsize": FONT_SIZE - 1, "savefig.dpi": DPI})
+    return plt
+
+
+def save_figure(figure, path):
+    """Save `figure` atomically, in the format its extension names (png, pdf or svg), and close it."""
+    extension = os.path.splitext(path)[1].lower().lstrip(".")
+    if extension not in FORMATS:
+        raise UserError(f"{path}: unsupported figure format '{extension}'; use .png, .pdf or .svg")
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".{extension}", dir=folder)
+    os.close(handle)
+    try:
+        figure.savefig(tmp, format=extension, bbox_inches="tight")
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        pyplot().close(figure)
+    return path
+
+
+# --- Reading runs ------------------------------------------------------------------
+
+def read_history(run_dir):
+    """history.json as a dict of equal-length lists, checked; a UserError naming the file otherwise."""
+    path = os.path.join(run_dir, rundir.HISTORY_FILE)
+    history = rundir.read_json(path, "the per-epoch training history")
+    if not isinstance(history, dict) or "accuracy" not in history or "loss" not in history:
+        raise UserError(f"{path}: needs lists 'accuracy' and 'loss' (one entry per epoch)")
+    lengths = {key: len(value) for key, value in history.items() if isinstance(value, list)}
+    if len(set(lengths.values())) != 1 or not lengths["accuracy"]:
+        raise UserError(f"{path}: lists of unequal length or empty ({lengths})")
+    history.setdefault("epoch", list(range(1, lengths["accuracy"] + 1)))
+    return history
+
+
+def run_label(run_dir):
+    """A legend label: the model name from config.json, and the folder when that differs."""
+    folder = os.path.basename(os.path.normpath(run_dir))
+    config_path = os.path.join(run_dir, rundir.CONFIG_FILE)
+    model = None
+    if os.path.isfile(config_path):
+        config = rundir.read_json(config_path, "the run's configuration")
+        model = config.get("model") if isinstance(config, dict) else None
+    return folder if not model or model == folder else f"{model} ({folder})"
+
+
+def lr_reductions(history):
+    """Epochs (1-based, as in history["epoch"]) whose learning rate is below the previous epoch's."""
+    rates = history.get("learning_rate") or []
+    return [history["epoch"][i] for i in range(1, len(rates))
+            if rates[i] is not None and rates[i - 1] is not None and rates[i] < rates[i - 1]]
+
+
+# --- Figures -------------------------------------------------------------------------
+
+def plot_curves(runs, metric, path):
+    """Training (solid) and validation (dashed) `metric` per epoch for every run, LR drops as dotted lines.
+
+    `runs` is a list of (label, history); `metric` is "accuracy" (shown in %) or "loss".
+    """
+    plt = pyplot()
+    figure, axes = plt.subplots(figsize=FIGURE_SIZE)
+    scale = 100 if metric == "accuracy" else 1
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    marked = False
+    for index, (label, history) in enumerate(runs):
+        colour = colours[index % len(colours)]
+        epochs = history["epoch"]
+        # Markers as well as lines, so a run of one or two epochs is still visible.
+        axes.plot(epochs, np.asarray(history[metric], float) * scale, "-o", markersize=3, color=colour,
+                  label=f"{label} training")
+        if f"val_{metric}" in history:
+            axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--s", markersize=3,
+                      color=colour, label=f"{label} validation")
+        for epoch in lr_reductions(history):
+            axes.axvline(epoch, color=colour, linestyle=":", linewidth=1.2,
+                         label=None if marked else "learning rate reduced")
+            marked = True
+    name = "Accuracy" if metric == "accuracy" else "Loss"
+    figures = "Figures 5 and 7" if metric == "accuracy" else "Figure 6"
+    axes.set_title(f"Training and validation {name.lower()} ({figures})")
+    axes.set_xlabel("Epoch")
+    axes.set_ylabel("Accuracy (%)" if metric == "accuracy" else "Loss (categorical cross-entropy, nats)")
+    axes.xaxis.get_major_locator().set_params(integer=True)
+    axes.grid(alpha=0.3)
+    axes.legend(loc="lower right" if metric == "accuracy" else "upper right")
+    return save_figure(figure, path)
+
+
+def plot_confusion_matrix(metrics, label, path):
+    """The test-set confusion matrix of one evaluated run (counts, rows = true class)."""
+    plt = pyplot()
+    matrix = np.asarray(metrics["confusion_matrix"], dtype=int)
+    figure, axes = plt.subplots(figsize=(6.4, 5.6))
+    image = axes.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="Test images")
+    ticks = np.arange(len(data.CLASS_NAMES))
+    axes.set_xticks(ticks, data.CLASS_NAMES, rotation=45, ha="right")
+    axes.set_yticks(ticks, data.CLASS_NAMES)
+    threshold = matrix.max() / 2 if matrix.size else 0
+    for row in range(matrix.shape[0]):
+        for column in range(matrix.shape[1]):
+            axes.text(column, row, f"{matrix[row, column]}", ha="center", va="center", fontsize=7,
+                      color="white" if matrix[row, column] > threshold else "black")
+    axes.set_xlabel("Predicted class")
+    axes.set_ylabel("True class")
+    axes.set_title(f"Confusion matrix: {label}\ntest accuracy {100 * metrics['test_accuracy']:.1f} % "
+                   f"on {int(matrix.sum()):,} images")
+    return save_figure(figure, path)
+
+
+def plot_training_grid(images, labels, path):
+    """The first 48 training images with their class names, as the paper's Figure 1."""
+    plt = pyplot()
+    count = GRID_ROWS * GRID_COLUMNS
+    figure, grid = plt.subplots(GRID_ROWS, GRID_COLUMNS, figsize=(8, 6.6))
+    for index, axes in enumerate(grid.flat):
+        axes.axis("off")
+        if index < min(count, len(images)):
+            axes.imshow(images[index], interpolation="nearest")
+            axes.set_title(data.CLASS_NAMES[int(np.asarray(labels[index]).reshape(-1)[0])], fontsize=8)
+    figure.suptitle(f"First {count} images of the training data set (Figure 1)")
+    figure.tight_layout()
+    return save_figure(figure, path)
+
+
+def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
+    """Write every figure for `run_dirs` (see the module docstring); return the paths written."""
+    if fmt not in FORMATS:
+        raise UserError(f"unknown format '{fmt}'; choose one of {', '.join(FORMATS)}")
+    runs = []
+    for run_dir in run_dirs:
+        rundir.check_run_dir(run_dir)
+        runs.append((run_dir, run_label(run_dir), read_history(run_dir)))
+    written = []
+    curves = [(label, history) for _, label, history in runs]
+    written.append(plot_curves(curves, "accuracy", os.path.join(out, f"accuracy.{fmt}")))
+    written.append(plot_curves(curves, "loss", os.path.join(out, f"loss.{fmt}")))
+    for run_dir, label, _ in runs:
+        metrics_path = os.path.join(run_dir, rundir.METRICS_FILE)
+        if not os.path.isfile(metrics_path):
+            log(f"note: {run_dir}: no {rundir.METRICS_FILE} (run evaluate.py first); confusion matrix skipped")
+            continue
+        metrics = rundir.read_json(metrics_path, "the test metrics written by evaluate.py")
+        if not isinstance(metrics, dict) or "confusion_matrix" not in metrics:
+            raise UserError(f"{metrics_path}: has no confusion_matrix (rerun evaluate.py)")
+        written.append(plot_confusion_matrix(metrics, label, os.path.join(run_dir, f"confusion_matrix.{fmt}")))
+    if data_dir:
+        (x_train, y_train), _ = data.load_cifar10(data_dir)
+        count = GRID_ROWS * GRID_COLUMNS
+        written.append(plot_training_grid(x_train[:count], y_train[:count],
+                                          os.path.join(out, f"cifar10_first48.{fmt}")))
+    return written
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="plots.py", description="Draw the paper's figures from run folders: accuracy and loss "
+        "curves (Figures 5-7), each evaluated run's confusion matrix, and with --data-dir the first "
+        "48 training images (Figure 1).")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
+    parser.add_argument("--out", default=DEFAULT_OUT,
+                        help=f"folder for the figures of all runs (default: {DEFAULT_OUT}/); each "
+                        "confusion matrix goes into its own run folder")
+    parser.add_argument("--data-dir", help="an official CIFAR-10 layout: also draw Figure 1")
+    parser.add_argument("--format", default="png", choices=FORMATS, help="figure format (default: png)")
+    args = parser.parse_args(argv)
+    try:
+        for path in make_plots(args.run_dirs, args.out, args.data_dir, args.format):
+            print(f"wrote {path}")
+    except UserError as error:
+        rundir.fail("plots.py", error)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,108 @@
+"""evaluate.py: metrics computed from one prediction pass, consistent with each other and on disk."""
+import json
+import os
+
+import numpy as np
+import pytest
+
+import data
+import evaluate
+import rundir
+from cifar_fixtures import make_images
+from run_fixtures import copy_run, trained_run
+
+CONTRACT_KEYS = {"test_accuracy", "test_loss", "top5_accuracy", "per_class_accuracy", "confusion_matrix",
+                 "predict_seconds", "load_seconds", "ms_per_image", "device", "batch_size", "test_images"}
+
+
+@pytest.fixture(scope="module")
+def vgg16_run(tmp_path_factory):
+    return trained_run("vgg16", tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def alexnet_run(tmp_path_factory):
+    return trained_run("alexnet", tmp_path_factory.getbasetemp())
+
+
+def test_compute_metrics_by_hand():
+    # Four images: true classes 0, 0, 1, 2. Predicted 0, 1, 1, 3; class 2 is second-best for the last.
+    probabilities = np.full((4, 10), 0.01)
+    for row, (best, second) in enumerate([(0, 1), (1, 0), (1, 2), (3, 2)]):
+        probabilities[row, best], probabilities[row, second] = 0.6, 0.32
+    labels = np.array([0, 0, 1, 2])
+    metrics = evaluate.compute_metrics(probabilities, labels)
+    assert metrics["test_accuracy"] == pytest.approx(0.5)
+    assert metrics["top5_accuracy"] == pytest.approx(1.0)
+    expected_loss = -np.mean(np.log([0.6, 0.32, 0.6, 0.32]))
+    assert metrics["test_loss"] == pytest.approx(expected_loss)
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix[0, 0] == 1 and matrix[0, 1] == 1 and matrix[1, 1] == 1 and matrix[2, 3] == 1
+    assert matrix.sum() == 4
+    assert metrics["per_class_accuracy"]["airplane"] == pytest.approx(0.5)
+    assert metrics["per_class_accuracy"]["bird"] == 0.0
+    assert metrics["per_class_accuracy"]["truck"] is None  # no truck among the labels
+
+
+def test_evaluate_run_is_consistent_with_its_predictions(vgg16_run, tmp_path):
+    import keras
+    run = copy_run(vgg16_run, tmp_path / "run")
+    x_test, y_test = make_images(160, seed=7)
+    metrics = evaluate.evaluate_run(run, x_test, y_test, batch_size=32)
+
+    model = keras.saving.load_model(os.path.join(run, rundir.MODEL_FILE))
+    stats = data.load_stats(os.path.join(run, rundir.STATS_FILE))
+    probabilities = model.predict(data.standardize(x_test, stats), batch_size=32, verbose=0)
+    predicted = probabilities.argmax(axis=1)
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(predicted == y_test))
+    keras_loss = float(np.mean(keras.ops.convert_to_numpy(
+        keras.losses.categorical_crossentropy(data.one_hot(y_test), probabilities))))
+    assert metrics["test_loss"] == pytest.approx(keras_loss, rel=1e-4)
+    assert metrics["top5_accuracy"] >= metrics["test_accuracy"]
+
+    matrix = np.array(metrics["confusion_matrix"])
+    assert matrix.shape == (10, 10) and matrix.sum() == len(x_test) == metrics["test_images"]
+    assert np.trace(matrix) == np.sum(predicted == y_test)
+    assert (matrix.sum(axis=1) == np.bincount(y_test, minlength=10)).all()  # rows are the true class
+    for index, name in enumerate(data.CLASS_NAMES):
+        assert metrics["per_class_accuracy"][name] == pytest.approx(matrix[index, index] / matrix[index].sum())
+
+    on_disk = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
+    assert CONTRACT_KEYS <= set(on_disk)
+    assert on_disk["test_accuracy"] == metrics["test_accuracy"]
+    assert on_disk["batch_size"] == 32 and on_disk["model"] == "vgg16"
+    assert on_disk["predict_seconds"] > 0 and on_disk["load_seconds"] > 0
+    assert on_disk["ms_per_image"] == pytest.approx(1000 * on_disk["predict_seconds"] / 160)
+    assert not [name for name in os.listdir(run) if name.startswith(".")]  # no temporary left behind
+
+
+def test_command_line_two_runs_prints_table_2(vgg16_run, alexnet_run, cifar_dir, tmp_path, capsys):
+    runs = [copy_run(vgg16_run, tmp_path / "vgg16"), copy_run(alexnet_run, tmp_path / "alexnet")]
+    assert evaluate.main(runs + ["--data-dir", cifar_dir, "--limit", "300", "--batch-size", "100"]) == 0
+    out = capsys.readouterr().out
+    assert "Table 2" in out and "confusion matrix" in out
+    table = out[out.index("Table 2"):]
+    vgg_line = next(line for line in table.splitlines() if line.startswith("Scratch VGG16"))
+    alex_line = next(line for line in table.splitlines() if line.startswith("Scratch AlexNet"))
+    assert vgg_line.split()[-2:] == ["4", "90"] and alex_line.split()[-2:] == ["3", "74"]
+    for run in runs:
+        metrics = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
+        assert CONTRACT_KEYS <= set(metrics)
+        assert metrics["test_images"] == 300 and metrics["batch_size"] == 100
+        assert np.array(metrics["confusion_matrix"]).sum() == 300
+        assert f"{100 * metrics['test_accuracy']:.1f}" in (vgg_line if "vgg16" in run else alex_line)
+
+
+@pytest.mark.parametrize("remove", [None, rundir.MODEL_FILE, rundir.STATS_FILE])
+def test_bad_run_folder_is_one_line(vgg16_run, tmp_path, capsys, remove):
+    if remove is None:
+        run = str(tmp_path / "no_such_run")
+    else:
+        run = copy_run(vgg16_run, tmp_path / "run")
+        os.remove(os.path.join(run, remove))
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([run, "--data-dir", str(tmp_path)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate.py: error: ") and len(err.strip().splitlines()) == 1
+    assert (remove or "no_such_run") in err

@@ -1,0 +1,178 @@
+"""predict_image.py: every format and mode, EXIF orientation, and bad files that never end the batch."""
+import json
+import os
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import predict_image
+import rundir
+from run_fixtures import copy_run, trained_run
+
+RED, BLUE = (220, 30, 30), (30, 30, 220)
+
+
+@pytest.fixture(scope="module")
+def vgg16_run(tmp_path_factory):
+    return trained_run("vgg16", tmp_path_factory.getbasetemp())
+
+
+def _uniform(mode, size=(48, 40)):
+    """An image of one colour in `mode`, and the RGB we expect after loading it."""
+    if mode == "RGB":
+        return Image.new("RGB", size, RED), RED
+    if mode == "L":
+        return Image.new("L", size, 100), (100, 100, 100)
+    if mode == "LA":  # half-transparent black over white: mid grey
+        return Image.new("LA", size, (0, 128)), (127, 127, 127)
+    if mode == "RGBA":  # half-transparent red over white
+        return Image.new("RGBA", size, RED + (128,)), (238, 142, 142)
+    if mode == "P":
+        return Image.new("RGB", size, BLUE).convert("P", palette=Image.Palette.ADAPTIVE), BLUE
+    if mode == "PA":  # palette with a transparent index: white where transparent
+        image = Image.new("P", size, 1)
+        image.putpalette([0, 0, 0, *BLUE] + [0] * 762)
+        image.info["transparency"] = 1
+        return image, (255, 255, 255)
+    if mode == "I;16":  # 16-bit: 32896 is 128 in 8 bits, not clipped white
+        return Image.fromarray(np.full(size[::-1], 32896, np.uint16)), (128, 128, 128)
+    if mode == "I":
+        return Image.fromarray(np.full(size[::-1], 65535, np.int32), "I"), (255, 255, 255)
+    if mode == "CMYK":  # pure cyan
+        return Image.new("CMYK", size, (255, 0, 0, 0)), (0, 255, 255)
+    if mode == "1":
+        return Image.new("1", size, 1), (255, 255, 255)
+    raise AssertionError(mode)
+
+
+# Every mode the issue names, each in formats that can store it; every format at least once.
+CASES = [("RGB", "JPEG"), ("RGB", "BMP"), ("RGB", "WEBP"), ("RGB", "TIFF"), ("L", "JPEG"), ("L", "PNG"),
+         ("L", "BMP"), ("LA", "PNG"), ("RGBA", "PNG"), ("RGBA", "WEBP"), ("RGBA", "TIFF"), ("P", "GIF"),
+         ("P", "PNG"), ("P", "BMP"), ("PA", "PNG"), ("PA", "GIF"), ("I;16", "PNG"), ("I;16", "TIFF"),
+         ("I", "TIFF"), ("CMYK", "JPEG"), ("CMYK", "TIFF"), ("1", "PNG"), ("1", "BMP"), ("1", "TIFF")]
+
+
+@pytest.mark.parametrize("mode,fmt", CASES, ids=[f"{m}-{f}" for m, f in CASES])
+def test_every_mode_and_format_loads_as_rgb(tmp_path, mode, fmt):
+    image, expected = _uniform(mode)
+    path = tmp_path / f"image.{fmt.lower()}"
+    kwargs = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
+    if fmt == "GIF" and "transparency" in image.info:
+        kwargs["transparency"] = image.info["transparency"]
+    image.save(path, fmt, **kwargs)
+    pixels, thumbnail = predict_image.load_image(str(path))
+    assert pixels.shape == (32, 32, 3) and pixels.dtype == np.uint8
+    assert thumbnail.mode == "RGB" and thumbnail.size == (48, 40)
+    tolerance = 12 if fmt in ("JPEG", "WEBP") else 2  # lossy formats shift colours a little
+    assert np.abs(pixels.astype(int) - expected).max() <= tolerance, pixels[16, 16]
+
+
+def test_exif_orientation_is_applied(tmp_path):
+    # Stored landscape: red left half, blue right half. Orientation 6 says "rotate 90
+    # degrees clockwise to display", so the upright image is portrait, red on top.
+    stored = Image.new("RGB", (64, 32), BLUE)
+    stored.paste(RED, (0, 0, 32, 32))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.jpg"
+    stored.save(path, "JPEG", quality=95, exif=exif.tobytes())
+    pixels, thumbnail = predict_image.load_image(str(path))
+    assert thumbnail.size == (32, 64)
+    assert np.abs(pixels[4, 16].astype(int) - RED).max() < 40
+    assert np.abs(pixels[28, 16].astype(int) - BLUE).max() < 40
+
+
+def test_antialiased_resize_of_a_large_photo(tmp_path):
+    # A fine black-and-white checkerboard must average to grey, not alias to stripes.
+    board = (np.indices((640, 640)).sum(axis=0) % 2 * 255).astype(np.uint8)
+    path = tmp_path / "board.png"
+    Image.fromarray(board).save(path)
+    pixels, _ = predict_image.load_image(str(path))
+    assert np.abs(pixels.astype(int) - 127).max() <= 3
+    wide = tmp_path / "wide.png"
+    Image.new("RGB", (300, 100), RED).save(wide)
+    cropped, _ = predict_image.load_image(str(wide), fit="crop")
+    assert cropped.shape == (32, 32, 3)
+
+
+def _png_claiming(width, height):
+    """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
+    def chunk(kind, payload):
+        return struct.pack(">I", len(payload)) + kind + payload + struct.pack(">I", zlib.crc32(kind + payload))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+            + chunk(b"IEND", b""))
+
+
+def _bad_files(folder):
+    """Each kind of bad input the issue names -> the word its one-line error must contain."""
+    good = Image.fromarray(np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8))
+    good.save(folder / "full.png")
+    good.save(folder / "full.jpg", quality=90)
+    (folder / "truncated.png").write_bytes((folder / "full.png").read_bytes()[:4000])
+    (folder / "truncated.jpg").write_bytes((folder / "full.jpg").read_bytes()[:3000])
+    (folder / "empty.jpg").write_bytes(b"")
+    (folder / "notes.jpg").write_text("this is a text file, not a JPEG\n")
+    (folder / "random.png").write_bytes(np.random.default_rng(1).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    (folder / "bomb.png").write_bytes(_png_claiming(100_000, 100_000))  # Pillow's error, above twice the limit
+    (folder / "big.png").write_bytes(_png_claiming(20_000, 15_000))  # Pillow's warning, made an error
+    (folder / "a_folder.jpg").mkdir()
+    return {"missing.jpg": "no such file", "a_folder.jpg": "directory", "empty.jpg": "empty",
+            "notes.jpg": "not an image", "truncated.png": "truncated", "truncated.jpg": "truncated",
+            "random.png": "not an image", "bomb.png": "pixels", "big.png": "pixels"}
+
+
+def test_bad_inputs_never_end_the_batch(vgg16_run, tmp_path, capsys):
+    bad = _bad_files(tmp_path)
+    goods = []
+    for name, mode in [("dog.jpg", "RGB"), ("cat.png", "RGBA"), ("grey.tiff", "I;16")]:
+        image, _ = _uniform(mode, (120, 90))
+        image.save(tmp_path / name)
+        goods.append(str(tmp_path / name))
+    paths = [goods[0]] + [str(tmp_path / name) for name in bad] + goods[1:]
+    figure = tmp_path / "figure8.png"
+    assert predict_image.main([vgg16_run, *paths, "--save-figure", str(figure)]) == 2
+    out, err = capsys.readouterr()
+    lines = err.strip().splitlines()
+    assert len(lines) == len(bad)
+    for name, reason in bad.items():
+        line = next(line for line in lines if f"{tmp_path / name}:" in line)
+        assert reason in line.lower() and "Traceback" not in line
+    printed = [line for line in out.splitlines() if line.startswith(str(tmp_path))]
+    assert [line.split(":")[0] for line in printed] == goods  # the good images, in order
+    for line in printed:
+        guesses = line.split(": ", 1)[1].split(", ")
+        assert len(guesses) == 3 and all(guess.endswith(" %") for guess in guesses)
+    with Image.open(figure) as drawn:
+        assert drawn.format == "PNG" and drawn.width > 600 and drawn.height > 3 * 200
+
+
+def test_json_output_and_top_k(vgg16_run, tmp_path, capsys):
+    Image.new("RGB", (50, 50), RED).save(tmp_path / "red.webp")
+    assert predict_image.main([vgg16_run, str(tmp_path / "red.webp"), str(tmp_path / "gone.gif"),
+                               "--json", "--top", "5"]) == 2
+    report = json.loads(capsys.readouterr().out)
+    assert report["model"] == "vgg16"
+    good, bad = report["results"]
+    assert len(good["top"]) == 5 and good["predicted"] == good["top"][0]["class"]
+    assert sum(good["probabilities"].values()) == pytest.approx(1.0, abs=1e-4)
+    probabilities = [guess["probability"] for guess in good["top"]]
+    assert probabilities == sorted(probabilities, reverse=True)
+    assert bad == {"file": str(tmp_path / "gone.gif"), "error": "no such file"}
+    Image.new("RGB", (50, 50), BLUE).save(tmp_path / "blue.bmp")
+    assert predict_image.main([vgg16_run, str(tmp_path / "blue.bmp")]) == 0
+
+
+@pytest.mark.parametrize("remove", [rundir.MODEL_FILE, rundir.STATS_FILE])
+def test_run_folder_without_model_or_stats(vgg16_run, tmp_path, capsys, remove):
+    run = copy_run(vgg16_run, tmp_path / "run")
+    os.remove(os.path.join(run, remove))
+    Image.new("RGB", (50, 50), RED).save(tmp_path / "red.png")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_image.main([run, str(tmp_path / "red.png")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("predict_image.py: error: ") and remove in err and len(err.strip().splitlines()) == 1

@@ -78,7 +78,7 @@ def test_evaluate_run_is_consistent_with_its_predictions(vgg16_run, tmp_path):
 
 def test_command_line_two_runs_prints_table_2(vgg16_run, alexnet_run, cifar_dir, tmp_path, capsys):
     runs = [copy_run(vgg16_run, tmp_path / "vgg16"), copy_run(alexnet_run, tmp_path / "alexnet")]
-    assert evaluate.main(runs + ["--data-dir", cifar_dir, "--limit", "300", "--batch-size", "100"]) == 0
+    assert evaluate.main(runs + ["--data-dir", cifar_dir, "--limit", "200", "--batch-size", "100"]) == 0
     out = capsys.readouterr().out
     assert "Table 2" in out and "confusion matrix" in out
     table = out[out.index("Table 2"):]
@@ -88,8 +88,8 @@ def test_command_line_two_runs_prints_table_2(vgg16_run, alexnet_run, cifar_dir,
     for run in runs:
         metrics = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
         assert CONTRACT_KEYS <= set(metrics)
-        assert metrics["test_images"] == 300 and metrics["batch_size"] == 100
-        assert np.array(metrics["confusion_matrix"]).sum() == 300
+        assert metrics["test_images"] == 200 and metrics["batch_size"] == 100
+        assert np.array(metrics["confusion_matrix"]).sum() == 200
         assert f"{100 * metrics['test_accuracy']:.1f}" in (vgg_line if "vgg16" in run else alex_line)
 
 

@@ -1,0 +1,109 @@
+"""plots.py: valid, non-empty figures in PNG, PDF and SVG; LR drops found; Figure 1 from a data folder."""
+import json
+import os
+
+import numpy as np
+import pytest
+from PIL import Image
+
+import evaluate
+import plots
+import rundir
+from run_fixtures import copy_run, trained_run
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """A vgg16 run with a metrics.json and an alexnet run without one (private copies)."""
+    base = tmp_path_factory.getbasetemp()
+    folder = tmp_path_factory.mktemp("plot_runs")
+    vgg16 = copy_run(trained_run("vgg16", base), folder / "vgg16")
+    alexnet = copy_run(trained_run("alexnet", base), folder / "alexnet")
+    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=500)
+    labels = np.random.default_rng(1).integers(0, 10, size=500)
+    rundir.write_json(os.path.join(vgg16, rundir.METRICS_FILE), evaluate.compute_metrics(probabilities, labels))
+    return vgg16, alexnet
+
+
+def _check_png(path, min_size=(600, 400)):
+    with Image.open(path) as image:
+        image.load()
+        assert image.format == "PNG"
+        assert image.width >= min_size[0] and image.height >= min_size[1]
+        assert np.asarray(image.convert("L")).std() > 5  # something is drawn, not a blank page
+
+
+def test_lr_reductions():
+    history = {"epoch": [1, 2, 3, 4, 5], "learning_rate": [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]}
+    assert plots.lr_reductions(history) == [3, 5]
+    assert plots.lr_reductions({"epoch": [1, 2]}) == []
+
+
+def test_png_figures_for_several_runs(runs, tmp_path, capsys):
+    vgg16, alexnet = runs
+    out = tmp_path / "figures"
+    assert plots.main([vgg16, alexnet, "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "alexnet" in printed and "confusion matrix skipped" in printed
+    _check_png(out / "accuracy.png")
+    _check_png(out / "loss.png")
+    _check_png(os.path.join(vgg16, "confusion_matrix.png"), (600, 600))
+    assert not os.path.exists(os.path.join(alexnet, "confusion_matrix.png"))
+    assert sorted(os.listdir(out)) == ["accuracy.png", "loss.png"]  # no temporary files left
+
+
+def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):
+    # Draw into a figure we can inspect: one solid and one dashed line per run, one LR marker each.
+    vgg16, alexnet = runs
+    curves = [(plots.run_label(run), plots.read_history(run)) for run in runs]
+    plt = plots.pyplot()
+    captured = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
+    plots.plot_curves(curves, "accuracy", str(tmp_path / "a.png"))
+    axes = captured["figure"].axes[0]
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert labels == ["vgg16 training", "vgg16 validation", "learning rate reduced",
+                      "alexnet training", "alexnet validation"]
+    history = json.load(open(os.path.join(vgg16, rundir.HISTORY_FILE)))
+    assert list(axes.lines[0].get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
+    drop = [line for line in axes.lines if line.get_linestyle() == ":"]
+    assert len(drop) == 2 and drop[0].get_xdata()[0] == plots.lr_reductions(history)[0]
+    assert "%" in axes.get_ylabel() and axes.get_xlabel() == "Epoch"
+    plt.close(captured["figure"])
+
+
+@pytest.mark.parametrize("fmt,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
+def test_pdf_and_svg_by_format(runs, tmp_path, fmt, magic):
+    out = tmp_path / "figures"
+    assert plots.main([runs[0], "--out", str(out), "--format", fmt]) == 0
+    for name in (f"accuracy.{fmt}", f"loss.{fmt}"):
+        content = (out / name).read_bytes()
+        assert content.startswith(magic) and len(content) > 5000
+    assert os.path.getsize(os.path.join(runs[0], f"confusion_matrix.{fmt}")) > 5000
+
+
+def test_save_figure_format_from_extension(tmp_path):
+    plt = plots.pyplot()
+    figure, axes = plt.subplots()
+    axes.plot([0, 1], [1, 0])
+    assert (open(plots.save_figure(figure, str(tmp_path / "x.svg")), "rb").read(200)).find(b"<svg") >= 0
+    figure, _ = plt.subplots()
+    with pytest.raises(rundir.UserError, match="unsupported"):
+        plots.save_figure(figure, str(tmp_path / "x.gif"))
+    assert os.listdir(tmp_path) == ["x.svg"]
+
+
+def test_figure_1_grid_from_data_dir(runs, cifar_dir, tmp_path):
+    out = tmp_path / "figures"
+    assert plots.main([runs[1], "--out", str(out), "--data-dir", cifar_dir]) == 0
+    _check_png(out / "cifar10_first48.png", (1000, 800))
+
+
+def test_run_without_history_is_one_line(runs, tmp_path, capsys):
+    run = copy_run(runs[1], tmp_path / "run")
+    os.remove(os.path.join(run, rundir.HISTORY_FILE))
+    with pytest.raises(SystemExit) as exit_info:
+        plots.main([run, "--out", str(tmp_path / "figures")])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("plots.py: error: ") and "history.json" in err and len(err.strip().splitlines()) == 1

@@ -278,7 +278,9 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
     y_train, y_valid = data.one_hot(y_train), data.one_hot(y_valid)
     if settings.augmentation == "fast":
         import augment  # the tf.data pipeline of issue 5, imported only when asked for
-        return {"x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=True, shuffle=True,
+        # shuffle=False for fit: the dataset reshuffles itself every epoch.
+        return {"shuffle": False,
+                "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=True, shuffle=True,
                                           seed=seed),
                 "validation_data": augment.make_dataset(x_valid, y_valid, stats, batch_size,
                                                         augment=settings.augment_validation,

@@ -1,0 +1,195 @@
+"""train.py end to end on synthetic CIFAR-10: run folders, resume after SIGKILL, bad input, two CPU devices."""
+import json
+import os
+import pickle
+import subprocess
+import sys
+import time
+
+import keras
+import numpy as np
+import pytest
+
+import data
+import rundir
+import train
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Small enough for seconds an epoch on two shared CPU cores.
+SMALL = ["--limit", "64", "--batch-size", "32", "--seed", "1"]
+
+
+def read(run_dir, name):
+    with open(os.path.join(run_dir, name)) as handle:
+        return json.load(handle)
+
+
+def check_run_folder(run_dir, model_name, epochs, best_is_lowest=True):
+    """Everything the run-folder contract promises, for a complete run of `epochs` epochs."""
+    config = read(run_dir, rundir.CONFIG_FILE)
+    history = read(run_dir, rundir.HISTORY_FILE)
+    assert config["model"] == model_name and config["status"] == "complete"
+    for key in ("settings", "data_source", "device", "versions", "parameters", "split", "started",
+                "finished", "train_seconds", "epochs_completed", "best_epoch"):
+        assert key in config, key
+    assert config["epochs_completed"] == epochs and config["train_seconds"] > 0
+    assert set(history) == set(train.HISTORY_KEYS)
+    assert history["epoch"] == list(range(1, epochs + 1))
+    assert all(len(values) == epochs for values in history.values())
+    if best_is_lowest:  # with the default min_delta of 0, the best epoch is the lowest val_loss
+        assert config["best_epoch"] - 1 == int(np.argmin(history["val_loss"]))
+    stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
+    assert stats["pixels"] == config["split"]["train"] * 32 * 32 * 3
+    assert not os.path.exists(os.path.join(run_dir, train.CHECKPOINT_DIR))  # removed once complete
+    assert not [name for name in os.listdir(run_dir) if name.startswith(".")]  # no temporaries
+    model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
+    images = data.standardize(np.zeros((2, 32, 32, 3), np.uint8), stats)
+    probabilities = model.predict(images, verbose=0)
+    assert probabilities.shape == (2, 10)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1, rtol=1e-4)
+    return config, history
+
+
+@pytest.fixture(scope="module")
+def vgg16_run(cifar_dir, tmp_path_factory):
+    """One short vgg16 run with the paper's ImageDataGenerator, shared by the tests that read it."""
+    run_dir = str(tmp_path_factory.mktemp("runs") / "vgg16")
+    assert train.main(["vgg16", "--data-dir", cifar_dir, "--run-dir", run_dir, "--epochs", "2", *SMALL]) == 0
+    return run_dir
+
+
+def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
+    config, _ = check_run_folder(vgg16_run, "vgg16", epochs=2)
+    assert config["parameters"] == 1_186_346
+    assert config["split"] == {"train": 64, "valid": 32}  # --limit: 64 and max(64 // 10, batch 32)
+    settings = config["settings"]
+    assert (settings["learning_rate"], settings["lr_factor"], settings["lr_patience"], settings["min_lr"],
+            settings["stop_patience"]) == (5e-4, 0.5, 10, 1e-5, 40)  # the paper's protocol by default
+    assert settings["augmentation"] == "idg" and settings["augment_validation"] is False
+
+
+@pytest.mark.parametrize("model_name, options", [
+    ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
+    ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
+                          "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
+])
+def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir, tmp_path, capsys):
+    run_dir = str(tmp_path / model_name)
+    assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
+    check_run_folder(run_dir, model_name, epochs=1)
+    out = capsys.readouterr().out
+    assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: 1 epochs" in out
+
+
+def expect_exit_2(capsys, argv, message):
+    with pytest.raises(SystemExit) as raised:
+        train.main(argv)
+    assert raised.value.code == 2
+    err = capsys.readouterr().err
+    assert message in err
+    assert "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_an_existing_run_is_neither_overwritten_nor_resumed_when_complete(vgg16_run, cifar_dir, capsys):
+    before = {name: open(os.path.join(vgg16_run, name), "rb").read() for name in os.listdir(vgg16_run)}
+    expect_exit_2(capsys, ["vgg16", "--data-dir", cifar_dir, "--run-dir", vgg16_run, *SMALL],
+                  "already holds a run; --resume continues it, --overwrite replaces it")
+    expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", vgg16_run], "is already complete")
+    expect_exit_2(capsys, ["alexnet", "--resume", "--run-dir", vgg16_run], "already complete")
+    after = {name: open(os.path.join(vgg16_run, name), "rb").read() for name in os.listdir(vgg16_run)}
+    assert after == before
+
+
+def write_hostile_batch(folder):
+    class Exploit:
+        def __reduce__(self):
+            return (os.system, ("touch HACKED",))
+    os.makedirs(folder)
+    with open(os.path.join(folder, "data_batch_1"), "wb") as handle:
+        pickle.dump({b"data": Exploit(), b"labels": []}, handle)
+    return folder
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vgg61"], "unknown model 'vgg61'; choose one of vgg16, alexnet, vgg16_pretrained"),
+    (["vgg16", "--epochs", "0"], "epochs must be an integer >= 1, received 0"),
+    (["vgg16", "--batch-size", "-4"], "batch size must be an integer >= 1, received -4"),
+    (["vgg16", "--learning-rate", "0"], "learning rate must be > 0, received 0.0"),
+    (["vgg16", "--learning-rate=-1e-3"], "learning rate must be > 0, received -0.001"),
+    (["vgg16", "--epochs", "many"], "argument --epochs: invalid int value: 'many'"),
+    (["vgg16", "--limit", "0"], "--limit must be a positive number of images"),
+    (["vgg16", "--augmentation", "none", "--augment-validation"], "--augment-validation needs an augmentation"),
+    (["vgg16", "--weights", "none"], "--weights applies to vgg16_pretrained only"),
+    (["vgg16", "--data-dir", "{tmp}/nowhere"], "nowhere' does not exist"),
+    (["vgg16", "--data-dir", "{tmp}"], "holds no CIFAR-10"),
+    (["vgg16", "--data-dir", "{hostile}"], "refused without running it"),
+    (["vgg16", "--data-dir", "{truncated}"], "is not a whole number of"),
+    (["vgg16", "--resume"], "no run to resume"),
+    (["vgg16", "--run-dir", "{tmp}/a_file/run"], "cannot be written"),
+    # The weights are looked for before any data is read: the data folder here does not exist.
+    (["vgg16_pretrained", "--weights", "{tmp}/missing.h5", "--data-dir", "{tmp}/nowhere"],
+     "missing.h5' does not exist"),
+])
+def test_bad_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_dir, capsys):
+    truncated = tmp_path / "truncated"
+    truncated.mkdir()
+    for name in os.listdir(cifar_dir):
+        with open(os.path.join(cifar_dir, name), "rb") as handle:
+            (truncated / name).write_bytes(handle.read(5000) if name == "data_batch_1.bin" else b"")
+    (tmp_path / "a_file").write_text("not a folder")
+    places = {"tmp": str(tmp_path), "hostile": write_hostile_batch(str(tmp_path / "hostile")),
+              "truncated": str(truncated)}
+    argv = [arg.format(**places) for arg in argv]
+    if "--run-dir" not in argv:
+        argv += ["--run-dir", str(tmp_path / "run")]
+    expect_exit_2(capsys, argv, message)
+    assert not os.path.exists(tmp_path / "run")  # a refused start leaves no run folder behind
+    assert not os.path.exists("HACKED")
+
+
+def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_path, capsys):
+    """Train on two logical CPUs (mirrored), SIGKILL after epoch 1, --resume on one device.
+
+    A huge min_delta makes every epoch after the first "no improvement", so the schedule is
+    known in advance: ReduceLROnPlateau (patience 1) halves the rate after epochs 2 and 3,
+    and EarlyStopping (patience 3) stops after epoch 4 with epoch 1 the best. If the resumed
+    run lost the callbacks' counters, its first epoch would count as an improvement (best
+    forgotten) and both schedules would shift; if it lost the optimizer, the halved rate would
+    be back at 5e-4. (One subprocess serves both the mirrored and the kill test: each costs
+    a TensorFlow start-up, and the test budget is tight.)
+    """
+    run_dir = str(tmp_path / "run")
+    argv = ["alexnet", "--cpu-devices", "2", "--distribute", "mirrored", "--data-dir", cifar_dir,
+            "--run-dir", run_dir, "--epochs", "6", *SMALL, "--lr-patience", "1", "--lr-min-delta", "1e9",
+            "--stop-patience", "3", "--stop-min-delta", "1e9"]
+    log_path = tmp_path / "first.log"
+    with open(log_path, "w") as log:
+        process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=log,
+                                   stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        history_path = os.path.join(run_dir, rundir.HISTORY_FILE)
+        deadline = time.monotonic() + 240
+        while not (os.path.exists(history_path) and read(run_dir, rundir.HISTORY_FILE)["epoch"]):
+            assert process.poll() is None, log_path.read_text()
+            assert time.monotonic() < deadline, log_path.read_text()
+            time.sleep(0.02)
+        process.kill()  # SIGKILL: no handler, no clean-up runs
+        process.wait()
+    assert "strategy mirrored (2 replica(s))" in log_path.read_text()
+    config = read(run_dir, rundir.CONFIG_FILE)
+    assert config["status"] == "running" and config["strategy"] == {"name": "mirrored", "replicas": 2}
+    done = read(os.path.join(run_dir, train.CHECKPOINT_DIR), train.STATE_FILE)["epoch"]
+    assert 1 <= done < 4, "the run finished before it could be killed"
+
+    capsys.readouterr()
+    assert train.main(["alexnet", "--resume", "--run-dir", run_dir, "--distribute", "none"]) == 0
+    out = capsys.readouterr().out
+    assert f"resuming after epoch {done}" in out
+    assert f"Epoch {done + 1}/6" in out and f"Epoch {done}/6" not in out  # no completed epoch again
+
+    config, history = check_run_folder(run_dir, "alexnet", epochs=4, best_is_lowest=False)
+    assert history["learning_rate"] == pytest.approx([5e-4, 5e-4, 2.5e-4, 1.25e-4])
+    assert config["best_epoch"] == 1
+    assert config["callbacks"]["early_stopping"]["wait"] == 3
+    assert config["resumed"][0]["after_epoch"] == done
+    assert config["settings"]["seed"] == 1 and config["settings"]["limit"] == 64  # the saved settings
+    assert config["strategy"] == {"name": "none", "replicas": 1}

@@ -112,7 +112,9 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
     for a full and a ragged batch), then one timed pass over every test image.
     With `write`, the metrics are written atomically to RUN_DIR/metrics.json.
     """
+    import keras  # noqa: F401  (imported, and TensorFlow's devices set up, before the load is timed)
     model_name, stats = read_run(run_dir)
+    device = rundir.device_description()
     start = time.perf_counter()
     model = rundir.load_model(run_dir)
     load_seconds = time.perf_counter() - start
@@ -129,7 +131,7 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
         "predict_seconds": predict_seconds,
         "load_seconds": load_seconds,
         "ms_per_image": 1000 * predict_seconds / len(x),
-        "device": rundir.device_description(),
+        "device": device,
         "batch_size": int(batch_size),
         "evaluated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     })

@@ -96,7 +96,7 @@ def lr_reductions(history):
 # --- Figures -------------------------------------------------------------------------
 
 def plot_curves(runs, metric, path):
-    """Training (solid) and validation (dashed) `metric` per epoch for every run, LR drops as dotted lines.
+    """Training (solid) and validation (dashed) `metric` per epoch for every run, LR cuts as dotted lines.
 
     `runs` is a list of (label, history); `metric` is "accuracy" (shown in %) or "loss".
     """
@@ -104,7 +104,7 @@ def plot_curves(runs, metric, path):
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
     scale = 100 if metric == "accuracy" else 1
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    marked = False
+    any_reduction = False
     for index, (label, history) in enumerate(runs):
         colour = colours[index % len(colours)]
         epochs = history["epoch"]
@@ -114,10 +114,12 @@ def plot_curves(runs, metric, path):
         if f"val_{metric}" in history:
             axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--s", markersize=3,
                       color=colour, label=f"{label} validation")
+        # The rate is cut at the end of an epoch: mark the boundary before the first slower epoch.
         for epoch in lr_reductions(history):
-            axes.axvline(epoch, color=colour, linestyle=":", linewidth=1.2,
-                         label=None if marked else "learning rate reduced")
-            marked = True
+            axes.axvline(epoch - 0.5, color=colour, linestyle=":", linewidth=1.5)
+            any_reduction = True
+    if any_reduction:  # one neutral legend entry for the markers of every run
+        axes.plot([], [], ":", color="black", linewidth=1.5, label="learning rate reduced")
     name = "Accuracy" if metric == "accuracy" else "Loss"
     figures = "Figures 5 and 7" if metric == "accuracy" else "Figure 6"
     axes.set_title(f"Training and validation {name.lower()} ({figures})")
@@ -125,7 +127,8 @@ def plot_curves(runs, metric, path):
     axes.set_ylabel("Accuracy (%)" if metric == "accuracy" else "Loss (categorical cross-entropy, nats)")
     axes.xaxis.get_major_locator().set_params(integer=True)
     axes.grid(alpha=0.3)
-    axes.legend(loc="lower right" if metric == "accuracy" else "upper right")
+    # Below the axes, so the legend never hides a curve whatever the runs look like.
+    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
     return save_figure(figure, path)
 
 

@@ -136,8 +136,26 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
         "evaluated": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
     })
     if write:
-        rundir.write_json(os.path.join(run_dir, rundir.METRICS_FILE), metrics)
+        write_metrics(run_dir, metrics)
     return metrics
+
+
+def write_metrics(run_dir, metrics):
+    """Write RUN_DIR/metrics.json atomically; return its path, or None when it was kept.
+
+    A smoke run on part of the test set (--limit) never replaces metrics of a larger
+    evaluation: those took the user a full pass over the test set to make.
+    """
+    path = os.path.join(run_dir, rundir.METRICS_FILE)
+    if os.path.isfile(path):
+        try:
+            previous = rundir.read_json(path, "earlier test metrics").get("test_images", 0)
+        except (UserError, AttributeError):
+            previous = 0  # unreadable or not a dict: nothing worth keeping
+        if isinstance(previous, int) and previous > metrics["test_images"]:
+            return None
+    rundir.write_json(path, metrics)
+    return path
 
 
 def format_report(metrics):
@@ -201,9 +219,11 @@ def main(argv=None):
         print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
         all_metrics = []
         for run_dir in args.run_dirs:
-            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size)
+            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False)
             print(format_report(metrics))
-            print(f"  wrote {os.path.join(run_dir, rundir.METRICS_FILE)}\n")
+            written = write_metrics(run_dir, metrics)
+            print(f"  wrote {written}\n" if written else f"  kept {os.path.join(run_dir, rundir.METRICS_FILE)}: "
+                  f"it holds an evaluation on more test images than these {len(x_test):,}\n")
             all_metrics.append(metrics)
         print(format_table(all_metrics))
     except UserError as error:

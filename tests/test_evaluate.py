@@ -106,3 +106,16 @@ def test_bad_run_folder_is_one_line(vgg16_run, tmp_path, capsys, remove):
     err = capsys.readouterr().err
     assert err.startswith("evaluate.py: error: ") and len(err.strip().splitlines()) == 1
     assert (remove or "no_such_run") in err
+
+
+def test_smoke_run_never_replaces_a_larger_evaluation(vgg16_run, tmp_path):
+    run = copy_run(vgg16_run, tmp_path / "run")
+    x_test, y_test = make_images(60, seed=3)
+    full = evaluate.evaluate_run(run, x_test, y_test, batch_size=30)
+    path = os.path.join(run, rundir.METRICS_FILE)
+    smoke = evaluate.evaluate_run(run, x_test[:20], y_test[:20], batch_size=30)
+    assert smoke["test_images"] == 20
+    assert json.load(open(path)) == json.loads(json.dumps(full))  # the 60-image metrics are kept
+    rundir.write_json(path, ["not", "metrics"])
+    evaluate.evaluate_run(run, x_test[:20], y_test[:20], batch_size=30)
+    assert json.load(open(path))["test_images"] == 20  # an unusable file is replaced

@@ -52,12 +52,19 @@ def save_figure(figure, path):
     os.close(handle)
     try:
         figure.savefig(tmp, format=extension, bbox_inches="tight")
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a figure is for sharing
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
         pyplot().close(figure)
     return path
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 # --- Reading runs ------------------------------------------------------------------

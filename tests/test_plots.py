@@ -50,6 +50,9 @@ def test_png_figures_for_several_runs(runs, tmp_path, capsys):
     _check_png(os.path.join(vgg16, "confusion_matrix.png"), (600, 600))
     assert not os.path.exists(os.path.join(alexnet, "confusion_matrix.png"))
     assert sorted(os.listdir(out)) == ["accuracy.png", "loss.png"]  # no temporary files left
+    mask = os.umask(0)
+    os.umask(mask)
+    assert os.stat(out / "loss.png").st_mode & 0o777 == 0o666 & ~mask  # readable as any saved file
 
 
 def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):

@@ -20,6 +20,7 @@ complete.
 import argparse
 import dataclasses
 import datetime
+import importlib.util
 import math
 import os
 import platform
@@ -133,6 +134,8 @@ def check_settings(model_name, settings):
                                  ("distribute", s.distribute, STRATEGIES)):
         if value not in choices:
             raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+    if s.tensorboard and importlib.util.find_spec("tensorboard") is None:
+        raise UserError("--tensorboard needs the tensorboard package (python -m pip install tensorboard)")
     if s.augment_validation and s.augmentation == "none":
         raise UserError("--augment-validation needs an augmentation (idg or fast), not --augmentation none")
 
@@ -201,7 +204,7 @@ def _open_run_dir(run_dir, resume, overwrite):
             shutil.rmtree(os.path.join(run_dir, name), ignore_errors=True)
     created = not os.path.exists(run_dir)
     try:
-        os.makedirs(os.path.join(run_dir, CHECKPOINT_DIR), exist_ok=True)
+        os.makedirs(run_dir, exist_ok=True)
         with tempfile.TemporaryFile(dir=run_dir):
             pass
     except OSError as error:
@@ -356,6 +359,7 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
 
     def commit(self, epoch):
         folder = os.path.join(self.write_dir, CHECKPOINT_DIR)
+        os.makedirs(folder, exist_ok=True)
         name = f"epoch_{epoch + 1:04d}.keras"
         rundir.save_model(self.model, os.path.join(folder, name))
         state = {

@@ -11,6 +11,7 @@ A run folder (default `runs/<model>/`) is self-sufficient:
 Every write goes to a temporary file in the same folder, is flushed to disk, then
 renamed over the target, so a crash or kill mid-write leaves the previous complete file.
 """
+import contextlib
 import json
 import os
 import sys
@@ -37,41 +38,50 @@ def fail(prog, error):
     raise SystemExit(2)
 
 
-def _atomic_target(path):
-    """A temporary path beside `path` (same file system, so the rename is atomic)."""
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside `path`; once the block succeeds, it replaces `path`.
+
+    The temporary file is on the same file system (so the rename is atomic), flushed to
+    disk first, and given the usual permissions of a new file (mkstemp's are 0600). On
+    an error, or a kill mid-write, `path` keeps its previous complete content.
+    """
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
     handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp",
                                    dir=folder)
     os.close(handle)
-    return tmp
-
-
-def _fsync_and_replace(tmp, path):
-    with open(tmp, "rb") as handle:
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-    try:  # make the rename itself durable where the platform allows it
-        folder = os.open(os.path.dirname(os.path.abspath(path)), os.O_RDONLY)
-        try:
-            os.fsync(folder)
-        finally:
-            os.close(folder)
-    except OSError:
-        pass
+    try:
+        yield tmp
+        os.chmod(tmp, 0o666 & ~_umask())
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
+        os.replace(tmp, path)
+        try:  # make the rename itself durable where the platform allows it
+            descriptor = os.open(folder, os.O_RDONLY)
+            try:
+                os.fsync(descriptor)
+            finally:
+                os.close(descriptor)
+        except OSError:
+            pass
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
 
 
 def write_json(path, obj):
     """Write `obj` as indented JSON, atomically."""
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:
             json.dump(obj, handle, indent=2)
             handle.write("\n")
-        _fsync_and_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def read_json(path, what):
@@ -87,13 +97,8 @@ def read_json(path, what):
 
 def save_model(model, path, **kwargs):
     """model.save(path), atomically: the previous model survives a crash mid-save."""
-    tmp = _atomic_target(path)
-    try:
+    with atomic_path(path) as tmp:
         model.save(tmp, **kwargs)
-        _fsync_and_replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
 
 
 def load_model(run_dir):

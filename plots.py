@@ -15,7 +15,6 @@ OUT defaults to `figures/` in the current folder. Every figure is written atomic
 import argparse
 import os
 import sys
-import tempfile
 
 import numpy as np
 
@@ -45,26 +44,15 @@ def save_figure(figure, path):
     """Save `figure` atomically, in the format its extension names (png, pdf or svg), and close it."""
     extension = os.path.splitext(path)[1].lower().lstrip(".")
     if extension not in FORMATS:
+        pyplot().close(figure)
         raise UserError(f"{path}: unsupported figure format '{extension}'; use .png, .pdf or .svg")
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    handle, tmp = tempfile.mkstemp(prefix=f".{os.path.basename(path)}.", suffix=f".{extension}", dir=folder)
-    os.close(handle)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
-        figure.savefig(tmp, format=extension, bbox_inches="tight")
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 files; a figure is for sharing
-        os.replace(tmp, path)
+        with rundir.atomic_path(path) as tmp:
+            figure.savefig(tmp, format=extension, bbox_inches="tight")
     finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
         pyplot().close(figure)
     return path
-
-
-def _umask():
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
 
 
 # --- Reading runs ------------------------------------------------------------------

@@ -206,3 +206,42 @@ def test_bad_inputs_are_refused(small):
         augment.make_dataset(images, labels[:5], stats, 8, augment=False, shuffle=False)
     with pytest.raises(ValueError, match="batch_size"):
         augment.make_dataset(images, labels, stats, 0, augment=False, shuffle=False)
+
+
+# --- bench.py (a smoke test on tiny data: nothing timed, nothing asserted about speed) ---
+
+def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp_path, monkeypatch):
+    import json
+
+    import bench
+    import keras
+    from keras import layers
+
+    def tiny_model(name, weights=None):
+        # Tracing a real network costs 6-10 s a measurement here; a tiny one keeps the
+        # whole command (five measurements) to a few seconds. test_models covers the real ones.
+        inputs = keras.Input((32, 32, 3))
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+        return keras.Model(inputs, layers.Dense(10, activation="softmax", dtype="float32")(x), name=name)
+    monkeypatch.setattr(bench.models, "build_model", tiny_model)
+    monkeypatch.setattr(bench, "SLOW_MIXED_IMAGES", 32)
+    out = tmp_path / "bench.json"
+    assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "64",
+                       "--test-images", "64", "--repeats", "1", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["settings"]["train_images"] == 64 and report["device"] and report["cpu"]
+    assert [(r["pipeline"], r["precision"]) for r in report["training"]] == list(bench.PIPELINES)
+    assert report["training"][0]["ratio_to_paper"] == 1.0
+    assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in report["training"])
+    assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
+    assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])
+    assert keras.config.dtype_policy().name == "float32"  # the mixed policy never leaks out
+
+
+def test_bench_refuses_unknown_models(tmp_path, capsys):
+    import bench
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main(["--data-dir", str(tmp_path), "--models", "vgg61", "--out", str(tmp_path / "x.json")])
+    assert exit_info.value.code == 2
+    assert "unknown model 'vgg61'" in capsys.readouterr().err
+    assert not (tmp_path / "x.json").exists()

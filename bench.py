@@ -1,0 +1,266 @@
+"""Training and prediction throughput: the paper's input pipeline against the fast one.
+
+    python bench.py --data-dir /data/cifar10                  # vgg16 and alexnet, about 10 min on 2 CPU cores
+    python bench.py --models vgg16 --images 3200 --repeats 3 --out bench.json
+
+For each model, on the same real images, it times training images/s under
+(a) the paper's pipeline exactly: data.paper_generator().flow(...) + model.fit, float32;
+(b) the fast pipeline (augment.make_dataset) in float32; (c) the fast pipeline in mixed
+precision; then prediction images/s over the test set. Each measurement is a fresh model
+trained for one warm-up epoch (graph tracing, oneDNN kernel selection; not counted) and
+`--repeats` timed epochs of `--images` images; the table gives medians and the ratio to
+(a), and the JSON file every run, the device and the versions (airbench's way: warm-up
+excluded, hardware named).
+"""
+import argparse
+import math
+import os
+import platform
+import statistics
+import sys
+import time
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+
+import keras
+import numpy as np
+
+import augment
+import data
+import models
+import rundir
+
+BATCH_SIZE = 64  # training images a step, the paper's (section 4)
+LEARNING_RATE = 5e-4  # Adam step size, the paper's (section 4); it does not change the speed
+DEFAULT_MODELS = ("vgg16", "alexnet")  # vgg16_pretrained (224x224 inputs) takes minutes an epoch on a CPU
+DEFAULT_IMAGES = 3200  # training images a timed epoch: 50 of the paper's batches
+DEFAULT_REPEATS = 3  # timed epochs (and prediction passes) a measurement, after one warm-up
+PREDICT_BATCH_SIZE = 512  # images a prediction step: larger batches amortize per-step overhead
+STEPS_PER_EXECUTION = 1  # train steps a graph call in the fast pipeline (measured: see README)
+# Without AVX-512 BF16 or AMX, TensorFlow's CPU kernels emulate bfloat16 and mixed precision
+# runs about 10x slower than float32; on such CPUs the mixed measurements use only this
+# many images (5 batches) so the bench still ends in minutes. Rates stay comparable.
+SLOW_MIXED_IMAGES = 320
+DEFAULT_OUT = "bench.json"
+
+PIPELINES = (  # (name, precision), in the order measured; the first is the baseline
+    ("paper", "float32"),
+    ("fast", "float32"),
+    ("fast", "mixed"),
+)
+PREDICT_PRECISIONS = ("float32", "mixed")
+
+
+class _EpochTimer(keras.callbacks.Callback):
+    """Wall-clock seconds of every epoch, as model.fit runs it."""
+
+    def __init__(self):
+        super().__init__()
+        self.seconds = []
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def _compiled_model(name, steps_per_execution=1):
+    model = models.build_model(name, weights=None)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE),
+                  loss="categorical_crossentropy", metrics=["accuracy"],
+                  steps_per_execution=steps_per_execution)
+    return model
+
+
+def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats=DEFAULT_REPEATS,
+                     batch_size=BATCH_SIZE, seed=0, steps_per_execution=STEPS_PER_EXECUTION):
+    """Training images/s of a fresh `name` model, one value per timed epoch.
+
+    Args:
+        name: a models.MODELS key.
+        pipeline: "paper" (ImageDataGenerator.flow + model.fit, as the report ran it)
+            or "fast" (augment.make_dataset).
+        precision: "float32" or "mixed"; the global policy is set for this
+            measurement only and put back to float32 afterwards.
+        x_train, y_train: uint8 images (N, 32, 32, 3) and one-hot labels; every epoch
+            is one pass over them.
+        stats: data.compute_stats of the training split.
+        repeats: timed epochs, after one untimed warm-up epoch.
+
+    Returns:
+        A list of `repeats` images/s figures.
+    """
+    keras.backend.clear_session()
+    models.set_precision(precision, on_gpu=_on_gpu())
+    try:
+        if pipeline == "paper":
+            model = _compiled_model(name)
+            inputs = data.paper_generator().flow(data.standardize(x_train, stats), y_train,
+                                                 batch_size=batch_size, seed=seed)
+        elif pipeline == "fast":
+            model = _compiled_model(name, steps_per_execution)
+            inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment=True,
+                                          shuffle=True, seed=seed)
+        else:
+            raise ValueError(f"unknown pipeline '{pipeline}'; choose paper or fast")
+        timer = _EpochTimer()
+        model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0)
+    finally:
+        models.set_precision("float32")
+    return [len(x_train) / seconds for seconds in timer.seconds[1:]]
+
+
+def measure_prediction(name, precision, x_test, stats, repeats=DEFAULT_REPEATS,
+                       batch_size=PREDICT_BATCH_SIZE):
+    """Prediction images/s of a fresh `name` model over `x_test`, one value a timed pass.
+
+    Times `model.predict` on the standardized test images, as evaluate.py does (its
+    predict_seconds); one untimed pass first.
+    """
+    keras.backend.clear_session()
+    models.set_precision(precision, on_gpu=_on_gpu())
+    try:
+        model = models.build_model(name, weights=None)
+        x_test = data.standardize(x_test, stats)
+        rates = []
+        for _ in range(1 + repeats):
+            start = time.perf_counter()
+            model.predict(x_test, batch_size=batch_size, verbose=0)
+            rates.append(len(x_test) / (time.perf_counter() - start))
+    finally:
+        models.set_precision("float32")
+    return rates[1:]
+
+
+def _on_gpu():
+    import tensorflow as tf
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+def cpu_description():
+    """(CPU model name, whether it has AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo on Linux."""
+    model, flags = platform.processor() or platform.machine(), set()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    return model, bool(flags & {"avx512_bf16", "amx_bf16"})
+
+
+def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print):
+    """Every measurement for every model; returns the report as a JSON-ready dict."""
+    cpu, bf16 = cpu_description()
+    # Mixed precision on a CPU that only emulates bfloat16 is timed on fewer images.
+    slow_mixed = not bf16 and not _on_gpu()
+
+    def images_for(precision, count):
+        return min(count, SLOW_MIXED_IMAGES) if precision == "mixed" and slow_mixed else count
+    report = {
+        "device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16,
+        "settings": {"models": list(model_names), "train_images": len(x_train), "test_images": len(x_test),
+                     "repeats": repeats, "batch_size": BATCH_SIZE, "predict_batch_size": PREDICT_BATCH_SIZE,
+                     "steps_per_execution": STEPS_PER_EXECUTION},
+        "versions": _versions(), "training": [], "prediction": [],
+    }
+    for name in model_names:
+        baseline = None
+        for pipeline, precision in PIPELINES:
+            count = images_for(precision, len(x_train))
+            rates = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats, repeats)
+            median = statistics.median(rates)
+            baseline = baseline or median
+            report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
+                                       "images_per_second": median, "ratio_to_paper": median / baseline,
+                                       "images": count, "runs": rates})
+            log(f"{name:<17} train    {pipeline:<6} {precision:<8} {median:8.0f} images/s  "
+                f"{median / baseline:5.2f}x the paper's pipeline" + (f"  ({count} images)" if count < len(x_train) else ""))
+        for precision in PREDICT_PRECISIONS:
+            count = images_for(precision, len(x_test))
+            rates = measure_prediction(name, precision, x_test[:count], stats, repeats)
+            median = statistics.median(rates)
+            seconds = len(x_test) / median  # for the whole test set, at the measured rate
+            report["prediction"].append({"model": name, "precision": precision, "images_per_second": median,
+                                         "seconds_for_test_set": seconds, "images": count, "runs": rates})
+            log(f"{name:<17} predict         {precision:<8} {median:8.0f} images/s  "
+                f"{seconds:6.2f} s for {len(x_test):,} test images" + (f"  (timed on {count})" if count < len(x_test) else ""))
+    report["slow_mixed"] = slow_mixed
+    return report
+
+
+def _versions():
+    import tensorflow as tf
+    return {"tensorflow": tf.__version__, "keras": keras.__version__, "numpy": np.__version__,
+            "python": platform.python_version()}
+
+
+def load_bench_data(data_dir, images, test_images):
+    """The first `images` of the paper's training split, its statistics, and the test images."""
+    (x_train, y_train), (x_test, _) = data.load_cifar10(data_dir)
+    x_train, _, y_train, _ = data.split_validation(x_train, y_train)
+    stats = data.compute_stats(x_train)  # the whole split's, as training uses
+    if images > len(x_train):
+        raise rundir.UserError(f"--images {images} is more than the {len(x_train):,} training images")
+    return x_train[:images], data.one_hot(y_train[:images]), x_test[:test_images], stats
+
+
+def _positive(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, received {value}")
+    return value
+
+
+def _log(line):
+    print(line, flush=True)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog="bench.py", description="Time training (paper's ImageDataGenerator vs the fast tf.data "
+        "pipeline, float32 vs mixed precision) and test-set prediction for each model.")
+    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (default: ${data.DATA_DIR_ENV}, "
+                        "else Keras' download)")
+    parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
+                        help=f"comma-separated, from {', '.join(models.MODELS)} (default: %(default)s)")
+    parser.add_argument("--images", type=_positive, default=DEFAULT_IMAGES,
+                        help="training images a timed epoch (default: %(default)s)")
+    parser.add_argument("--test-images", type=_positive, default=data.OFFICIAL_COUNTS["test"],
+                        help="test images to predict (default: all %(default)s)")
+    parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
+                        help="timed repeats a measurement, after one warm-up (default: %(default)s)")
+    parser.add_argument("--out", default=DEFAULT_OUT, help="JSON report to write (default: %(default)s)")
+    args = parser.parse_args(argv)
+    try:
+        names = [name.strip() for name in args.models.split(",") if name.strip()]
+        unknown = [name for name in names if name not in models.MODELS]
+        if unknown or not names:
+            raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
+                                   f"choose from {', '.join(models.MODELS)}")
+        x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images, args.test_images)
+        cpu, bf16 = cpu_description()
+        print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: {'yes' if bf16 else 'no'}", flush=True)
+        print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
+              f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
+        start = time.perf_counter()
+        report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
+        report["data_source"] = data.describe_source(args.data_dir)
+        report["seconds"] = time.perf_counter() - start
+        rundir.write_json(args.out, report)
+    except rundir.UserError as error:
+        rundir.fail("bench.py", error)
+    print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

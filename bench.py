@@ -1,7 +1,7 @@
 """Training and prediction throughput: the paper's input pipeline against the fast one.
 
-    python bench.py --data-dir /data/cifar10                  # vgg16 and alexnet, about 10 min on 2 CPU cores
-    python bench.py --models vgg16 --images 3200 --repeats 3 --out bench.json
+    python bench.py --data-dir /data/cifar10                  # vgg16 and alexnet, about 10 min on 2 busy CPU cores
+    python bench.py --models vgg16 --images 2560 --repeats 3 --out bench.json
 
 For each model, on the same real images, it times training images/s under
 (a) the paper's pipeline exactly: data.paper_generator().flow(...) + model.fit, float32;
@@ -33,10 +33,10 @@ import rundir
 BATCH_SIZE = 64  # training images a step, the paper's (section 4)
 LEARNING_RATE = 5e-4  # Adam step size, the paper's (section 4); it does not change the speed
 DEFAULT_MODELS = ("vgg16", "alexnet")  # vgg16_pretrained (224x224 inputs) takes minutes an epoch on a CPU
-DEFAULT_IMAGES = 3200  # training images a timed epoch: 50 of the paper's batches
+DEFAULT_IMAGES = 2560  # training images a timed epoch: 40 of the paper's batches
 DEFAULT_REPEATS = 3  # timed epochs (and prediction passes) a measurement, after one warm-up
 PREDICT_BATCH_SIZE = 512  # images a prediction step: larger batches amortize per-step overhead
-STEPS_PER_EXECUTION = 1  # train steps a graph call in the fast pipeline (measured: see README)
+STEPS_PER_EXECUTION = 1  # train steps a graph call; 8 measured no faster here (a step is 0.2-1 s of compute)
 # Without AVX-512 BF16 or AMX, TensorFlow's CPU kernels emulate bfloat16 and mixed precision
 # runs about 10x slower than float32; on such CPUs the mixed measurements use only this
 # many images (5 batches) so the bench still ends in minutes. Rates stay comparable.
@@ -105,7 +105,8 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
         else:
             raise ValueError(f"unknown pipeline '{pipeline}'; choose paper or fast")
         timer = _EpochTimer()
-        model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0)
+        # The dataset shuffles itself (and the paper's flow() does too): fit must not try.
+        model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         models.set_precision("float32")
     return [len(x_train) / seconds for seconds in timer.seconds[1:]]
@@ -116,21 +117,22 @@ def measure_prediction(name, precision, x_test, stats, repeats=DEFAULT_REPEATS,
     """Prediction images/s of a fresh `name` model over `x_test`, one value a timed pass.
 
     Times `model.predict` on the standardized test images, as evaluate.py does (its
-    predict_seconds); one untimed pass first.
+    predict_seconds); an untimed warm-up on two batches first traces both batch shapes.
     """
     keras.backend.clear_session()
     models.set_precision(precision, on_gpu=_on_gpu())
     try:
         model = models.build_model(name, weights=None)
         x_test = data.standardize(x_test, stats)
+        model.predict(x_test[:batch_size + 1], batch_size=batch_size, verbose=0)  # warm-up
         rates = []
-        for _ in range(1 + repeats):
+        for _ in range(repeats):
             start = time.perf_counter()
             model.predict(x_test, batch_size=batch_size, verbose=0)
             rates.append(len(x_test) / (time.perf_counter() - start))
     finally:
         models.set_precision("float32")
-    return rates[1:]
+    return rates
 
 
 def _on_gpu():

@@ -1,0 +1,38 @@
+"""The repository's promises: CI runs the README's test command, every script has --help, documented."""
+import importlib
+import os
+import re
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SCRIPTS = ["data", "models", "train", "evaluate", "predict_image", "plots", "bench"]
+
+
+def read(name):
+    with open(os.path.join(ROOT, name)) as handle:
+        return handle.read()
+
+
+def test_ci_runs_the_readme_test_command():
+    readme_commands = re.findall(r"^(python -m pip install .*pytest.*)$", read("README.md"), re.MULTILINE)
+    assert len(readme_commands) == 1, readme_commands
+    ci_commands = [line for line in read(".ci/run").splitlines() if line and not line.startswith("#")]
+    assert readme_commands[0] in ci_commands
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_every_script_has_help_and_is_in_the_readme(script, capsys):
+    module = importlib.import_module(script)
+    with pytest.raises(SystemExit) as exit_info:
+        module.main(["--help"])
+    assert exit_info.value.code == 0
+    assert "usage:" in capsys.readouterr().out
+    assert f"python {script}.py" in read("README.md")
+
+
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_importing_a_script_runs_nothing(script, capsys):
+    importlib.reload(importlib.import_module(script))
+    captured = capsys.readouterr()
+    assert captured.out == ""

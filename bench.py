@@ -140,25 +140,9 @@ def _on_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-def cpu_description():
-    """(CPU model name, whether it has AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo on Linux."""
-    model, flags = platform.processor() or platform.machine(), set()
-    try:
-        with open("/proc/cpuinfo") as handle:
-            for line in handle:
-                key, _, value = line.partition(":")
-                if key.strip() == "model name":
-                    model = value.strip()
-                elif key.strip() == "flags":
-                    flags = set(value.split())
-    except OSError:  # not Linux
-        pass
-    return model, bool(flags & {"avx512_bf16", "amx_bf16"})
-
-
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print):
     """Every measurement for every model; returns the report as a JSON-ready dict."""
-    cpu, bf16 = cpu_description()
+    cpu, bf16 = rundir.cpu_description()
     # Mixed precision on a CPU that only emulates bfloat16 is timed on fewer images.
     slow_mixed = not bf16 and not _on_gpu()
 
@@ -249,8 +233,8 @@ def main(argv=None):
             raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
                                    f"choose from {', '.join(models.MODELS)}")
         x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images, args.test_images)
-        cpu, bf16 = cpu_description()
-        print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: {'yes' if bf16 else 'no'}", flush=True)
+        cpu, bf16 = rundir.cpu_description()
+        print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: { {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
         print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
               f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
         start = time.perf_counter()

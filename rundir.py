@@ -14,6 +14,7 @@ renamed over the target, so a crash or kill mid-write leaves the previous comple
 import contextlib
 import json
 import os
+import platform
 import sys
 import tempfile
 
@@ -125,8 +126,7 @@ def device_description():
     import tensorflow as tf
     gpus = tf.config.list_physical_devices("GPU")
     if not gpus:
-        import platform
-        return f"CPU ({platform.processor() or platform.machine()}, {os.cpu_count()} cores)"
+        return f"CPU ({cpu_description()[0]}, {os.cpu_count()} cores)"
     names = []
     for gpu in gpus:
         try:
@@ -134,3 +134,22 @@ def device_description():
         except Exception:  # Metal's plugin reports no details
             names.append(gpu.name)
     return f"{len(gpus)} GPU: " + ", ".join(names)
+
+
+def cpu_description():
+    """(CPU model name, whether it has AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo on Linux.
+
+    The second value is None where /proc/cpuinfo does not exist (macOS, Windows): unknown.
+    """
+    model, flags = platform.processor() or platform.machine(), None
+    try:
+        with open("/proc/cpuinfo") as handle:
+            for line in handle:
+                key, _, value = line.partition(":")
+                if key.strip() == "model name":
+                    model = value.strip()
+                elif key.strip() == "flags":
+                    flags = set(value.split())
+    except OSError:  # not Linux
+        pass
+    return model, None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})

@@ -470,6 +470,9 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
     gpus = tf.config.list_physical_devices("GPU")
     try:
         policy = models.set_precision(settings.precision, on_gpu=bool(gpus))
+        if policy == "mixed_bfloat16" and rundir.cpu_description()[1] is False:
+            log(f"{PROG}: warning: this CPU has no AVX-512 BF16 or AMX, so TensorFlow emulates "
+                "bfloat16 and --precision mixed trains several times slower than float32")
         if settings.deterministic:
             tf.config.experimental.enable_op_determinism()
         seed = _session_seed(settings.seed, initial_epoch)
@@ -596,7 +599,7 @@ def _print_summary(model_name, history, config, run_dir, log):
     best = config["best_epoch"] - 1
     seconds = config["train_seconds"]
     reason = ("early stopping" if epochs < config["settings"]["epochs"] else "epoch limit")
-    log(f"{PROG}: {model_name} done: {epochs} epochs in {seconds:.1f} s "
+    log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s "
         f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; best epoch "
         f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "
         f"{100 * history['val_accuracy'][best]:.2f} %; run folder {run_dir}")

@@ -78,7 +78,7 @@ def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir,
     assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
     check_run_folder(run_dir, model_name, epochs=1)
     out = capsys.readouterr().out
-    assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: 1 epochs" in out
+    assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: 1 epoch in" in out
 
 
 def expect_exit_2(capsys, argv, message):

@@ -214,8 +214,7 @@ def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="bench.py", description="Time training (paper's ImageDataGenerator vs the fast tf.data "
         "pipeline, float32 vs mixed precision) and test-set prediction for each model.")
-    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (default: ${data.DATA_DIR_ENV}, "
-                        "else Keras' download)")
+    data.add_data_dir_argument(parser)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(models.MODELS)} (default: %(default)s)")
     parser.add_argument("--images", type=_positive, default=DEFAULT_IMAGES,

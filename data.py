@@ -347,12 +347,20 @@ def paper_generator():
 
 # --- Command line ----------------------------------------------------------------
 
+DATA_DIR_HELP = (f"an official CIFAR-10 layout: cifar-10-batches-py/, cifar-10-batches-bin/ or "
+                 f"cifar-10-python.tar.gz (default: ${DATA_DIR_ENV}, else Keras' download)")
+
+
+def add_data_dir_argument(parser, note=""):
+    """The --data-dir option every script shares, its help text written once."""
+    parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP + (f"; {note}" if note else ""))
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog="data.py", description="Load CIFAR-10, split it as the paper does and print "
         "the split shapes and the standardization statistics.")
-    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (default: ${DATA_DIR_ENV}, "
-                        "else Keras' download)")
+    add_data_dir_argument(parser)
     args = parser.parse_args(argv)
     try:
         (x_train, y_train), (x_test, _) = load_cifar10(args.data_dir)

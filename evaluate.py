@@ -201,8 +201,7 @@ def main(argv=None):
         prog="evaluate.py", description="Evaluate run folders on the CIFAR-10 test set, print the "
         "paper's Table 2 with the paper's figures beside ours, and write metrics.json into each run.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
-    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (default: ${data.DATA_DIR_ENV}, "
-                        "else Keras' download)")
+    data.add_data_dir_argument(parser)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--limit", type=int, default=None,

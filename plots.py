@@ -202,7 +202,8 @@ def main(argv=None):
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder for the figures of all runs (default: {DEFAULT_OUT}/); each "
                         "confusion matrix goes into its own run folder")
-    parser.add_argument("--data-dir", help="an official CIFAR-10 layout: also draw Figure 1")
+    parser.add_argument("--data-dir", metavar="DIR", help="an official CIFAR-10 layout (as in data.py): "
+                        "also draw Figure 1, the first 48 training images")
     parser.add_argument("--format", default="png", choices=FORMATS, help="figure format (default: png)")
     args = parser.parse_args(argv)
     try:

@@ -640,8 +640,7 @@ def build_parser():
             parser.add_argument(flag, type=field.type, default=None, choices=field.metadata.get("choices"),
                                 metavar=None if "choices" in field.metadata else _METAVARS.get(field.type),
                                 help=about)
-    parser.add_argument("--data-dir", help=f"an official CIFAR-10 layout (see data.py; default: "
-                        f"${data.DATA_DIR_ENV}, else Keras' download; on --resume, the run's)")
+    data.add_data_dir_argument(parser, "on --resume, default the run's own")
     parser.add_argument("--run-dir", help="the run folder (default: runs/MODEL)")
     parser.add_argument("--resume", action="store_true", help="continue the run in the run folder after "
                         "its last completed epoch, with its saved settings")

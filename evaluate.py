@@ -91,17 +91,7 @@ def read_run(run_dir):
     if not os.path.isfile(model_path):
         raise UserError(f"{model_path}: missing (is '{run_dir}' a run folder made by train.py?)")
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
-    return run_name(run_dir), stats
-
-
-def run_name(run_dir):
-    """The model name from config.json, else the folder's name (config.json is optional here)."""
-    config_path = os.path.join(run_dir, rundir.CONFIG_FILE)
-    if os.path.isfile(config_path):
-        config = rundir.read_json(config_path, "the run's configuration")
-        if isinstance(config, dict) and config.get("model"):
-            return str(config["model"])
-    return os.path.basename(os.path.normpath(run_dir))
+    return rundir.model_name(run_dir), stats
 
 
 def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True):

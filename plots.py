@@ -73,12 +73,8 @@ def read_history(run_dir):
 def run_label(run_dir):
     """A legend label: the model name from config.json, and the folder when that differs."""
     folder = os.path.basename(os.path.normpath(run_dir))
-    config_path = os.path.join(run_dir, rundir.CONFIG_FILE)
-    model = None
-    if os.path.isfile(config_path):
-        config = rundir.read_json(config_path, "the run's configuration")
-        model = config.get("model") if isinstance(config, dict) else None
-    return folder if not model or model == folder else f"{model} ({folder})"
+    model = rundir.model_name(run_dir)
+    return folder if model == folder else f"{model} ({folder})"
 
 
 def lr_reductions(history):

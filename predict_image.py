@@ -125,12 +125,7 @@ def load_run(run_dir):
     rundir.check_run_dir(run_dir)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     model = rundir.load_model(run_dir)
-    name = os.path.basename(os.path.normpath(run_dir))
-    config_path = os.path.join(run_dir, rundir.CONFIG_FILE)
-    if os.path.isfile(config_path):
-        config = rundir.read_json(config_path, "the run's configuration")
-        name = config.get("model", name) if isinstance(config, dict) else name
-    return model, stats, name
+    return model, stats, rundir.model_name(run_dir)
 
 
 def classify(model, stats, images):

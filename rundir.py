@@ -115,6 +115,16 @@ def load_model(run_dir):
                         f"{str(error).splitlines()[0] if str(error) else ''})") from None
 
 
+def model_name(run_dir):
+    """The run's model name from config.json, else the folder's name (config.json is optional to readers)."""
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    if os.path.isfile(config_path):
+        config = read_json(config_path, "the run's configuration")
+        if isinstance(config, dict) and config.get("model"):
+            return str(config["model"])
+    return os.path.basename(os.path.normpath(run_dir))
+
+
 def check_run_dir(run_dir):
     """A UserError unless `run_dir` is an existing folder."""
     if not os.path.isdir(run_dir):

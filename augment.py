@@ -1,7 +1,16 @@
-"""The paper's ImageDataGenerator augmentation as one fused, batched tf.data transform.
+"""Batched tf.data augmentation: the paper's ImageDataGenerator, fused, and the fast recipe's crop.
 
-    dataset = make_dataset(x_train, one_hot(y_train), stats, 64, augment=True, shuffle=True, seed=0)
-    model.fit(dataset, epochs=60, validation_data=make_dataset(x_valid, ..., augment=False, shuffle=False))
+    dataset = make_dataset(x_train, one_hot(y_train), stats, 64, augment="paper", shuffle=True, seed=0)
+    model.fit(dataset, epochs=60, validation_data=make_dataset(x_valid, ..., augment=None, shuffle=False))
+
+Two augmentations, each one projective transform per image applied to a whole batch
+by one `ImageProjectiveTransformV3` call:
+
+- "paper": the report's ImageDataGenerator, described below;
+- "crop": random translation by up to CROP_PADDING pixels with reflected edges plus a
+  horizontal flip, the standard CIFAR-10 augmentation of fast recipes (He et al. 2016;
+  Page's ResNet-9; airbench) for `--recipe fast`. A translation by whole pixels with
+  reflected fill is pad-then-random-crop without materializing the padded image.
 
 The paper (Gomez Cruz 2025, section 2.3) augments with Keras' ImageDataGenerator
 (data.PAPER_AUGMENTATION), which transforms one image at a time in Python and scipy on
@@ -153,6 +162,36 @@ def augment_batch(images, seed):
     return apply_transforms(images, sample_transforms(tf.shape(images)[0], seed, images.shape[1:]))
 
 
+CROP_PADDING = 4  # pixels of random translation each way: pad 4 + random 32x32 crop (He et al. 2016)
+
+
+def crop_matrices(count, seed, image_shape=IMAGE_SHAPE):
+    """(count, 8) transforms: a whole-pixel shift in [-CROP_PADDING, CROP_PADDING] each way and a
+    horizontal flip with probability 0.5, drawn from one stateless seed pair."""
+    shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2))
+    shifts = tf.cast(tf.random.stateless_uniform([count, 2], shift_seed, minval=-CROP_PADDING,
+                                                 maxval=CROP_PADDING + 1, dtype=tf.int32), tf.float32)
+    flip = tf.random.stateless_uniform([count], flip_seed) < 0.5
+    # Output (x, y) reads input (sign * x + offset_x, y + shift_y); a flip mirrors about the centre.
+    sign = tf.where(flip, -1.0, 1.0)
+    offset_x = tf.where(flip, float(image_shape[1] - 1), 0.0) + shifts[:, 0]
+    zeros, ones = tf.zeros([count]), tf.ones([count])
+    return tf.stack([sign, zeros, offset_x, zeros, ones, shifts[:, 1], zeros, zeros], axis=1)
+
+
+def crop_batch(images, seed):
+    """Random pad-and-crop (reflected edges) and horizontal flip of a float32 batch (B, H, W, C)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    # Whole-pixel shifts make bilinear sampling exact; REFLECT mirrors about the edge pixel's
+    # outer side (d c b a | a b c d), numpy's "symmetric" padding.
+    return tf.raw_ops.ImageProjectiveTransformV3(
+        images=images, transforms=crop_matrices(tf.shape(images)[0], seed, images.shape[1:]),
+        output_shape=tf.shape(images)[1:3], fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+
+
+AUGMENTERS = {"paper": augment_batch, "crop": crop_batch}  # make_dataset's augment= choices
+
+
 def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None):
     """A tf.data pipeline of standardized (and optionally augmented) batches.
 
@@ -161,7 +200,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         labels: float32 one-hot array (N, 10).
         stats: data.compute_stats of the training split (scalar "mean" and "std").
         batch_size: images a batch; the last batch may be smaller.
-        augment: apply the fast equivalent of the paper's ImageDataGenerator.
+        augment: None (clean images), "paper" (the fast equivalent of the paper's
+            ImageDataGenerator) or "crop" (random pad-and-crop and flip).
         shuffle: reshuffle the images every pass (every epoch).
         seed: makes the order and the augmentation repeatable; None draws afresh.
 
@@ -177,6 +217,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         raise ValueError(f"{len(images)} images but {len(labels)} labels")
     if int(batch_size) < 1:
         raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
+    if augment is not None and augment not in AUGMENTERS:
+        raise ValueError(f"unknown augment {augment!r}; choose None or one of {', '.join(AUGMENTERS)}")
     mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
     images_table, labels_table = tf.constant(images), tf.constant(labels)
 
@@ -189,14 +231,15 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
     def standardized(index):
         return (tf.cast(tf.gather(images_table, index), tf.float32) - mean) / std, tf.gather(labels_table, index)
 
-    if augment:
+    if augment is not None:
+        augment_fn = AUGMENTERS[augment]
         # One stateless seed pair per batch, re-drawn every pass, so the parallel map
         # stays deterministic for a given seed and still changes from epoch to epoch.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
         def augmented(index, batch_seed):
             x, y = standardized(index)
-            return augment_batch(x, batch_seed), y
+            return augment_fn(x, batch_seed), y
         dataset = tf.data.Dataset.zip(batches, seeds).map(
             augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

@@ -148,7 +148,7 @@ def _epoch(dataset):
 
 def test_without_augmentation_batches_are_exactly_data_standardize(small):
     images, labels, stats = small
-    x, y, sizes = _epoch(augment.make_dataset(images, labels, stats, 32, augment=False, shuffle=False))
+    x, y, sizes = _epoch(augment.make_dataset(images, labels, stats, 32, augment=None, shuffle=False))
     assert sizes == [32, 32, 32, 4] and x.dtype == np.float32 and y.dtype == np.float32
     np.testing.assert_array_equal(x, data.standardize(images, stats))
     np.testing.assert_array_equal(y, labels)
@@ -161,7 +161,7 @@ def _order(x, stats):
 
 def test_shuffle_reshuffles_every_epoch_and_keeps_labels_with_images(small):
     images, labels, stats = small
-    dataset = augment.make_dataset(images, labels, stats, 32, augment=False, shuffle=True, seed=1)
+    dataset = augment.make_dataset(images, labels, stats, 32, augment=None, shuffle=True, seed=1)
     first, second = _epoch(dataset), _epoch(dataset)
     order1, order2 = _order(first[0], stats), _order(second[0], stats)
     assert sorted(order1) == list(range(100)) and sorted(order2) == list(range(100))
@@ -172,7 +172,7 @@ def test_shuffle_reshuffles_every_epoch_and_keeps_labels_with_images(small):
 
 def test_augmented_batches_are_standardized_float32_and_vary(small):
     images, labels, stats = small
-    dataset = augment.make_dataset(images, labels, stats, 64, augment=True, shuffle=False, seed=2)
+    dataset = augment.make_dataset(images, labels, stats, 64, augment="paper", shuffle=False, seed=2)
     (x1, y1, sizes), (x2, _, _) = _epoch(dataset), _epoch(dataset)
     assert x1.shape == (100, 32, 32, 3) and x1.dtype == np.float32 and sizes == [64, 36]
     np.testing.assert_array_equal(y1, labels)
@@ -188,7 +188,7 @@ def test_augmented_batches_are_standardized_float32_and_vary(small):
 
 def test_a_seed_makes_order_and_augmentation_repeatable(small):
     images, labels, stats = small
-    make = lambda seed: augment.make_dataset(images, labels, stats, 32, augment=True,  # noqa: E731
+    make = lambda seed: augment.make_dataset(images, labels, stats, 32, augment="paper",  # noqa: E731
                                              shuffle=True, seed=seed)
     one, two, other = make(4), make(4), make(5)
     for _ in range(2):  # the first and second epochs both repeat
@@ -201,11 +201,57 @@ def test_a_seed_makes_order_and_augmentation_repeatable(small):
 def test_bad_inputs_are_refused(small):
     images, labels, stats = small
     with pytest.raises(ValueError, match="uint8"):
-        augment.make_dataset(images.astype(np.float32), labels, stats, 8, augment=False, shuffle=False)
+        augment.make_dataset(images.astype(np.float32), labels, stats, 8, augment=None, shuffle=False)
     with pytest.raises(ValueError, match="labels"):
-        augment.make_dataset(images, labels[:5], stats, 8, augment=False, shuffle=False)
+        augment.make_dataset(images, labels[:5], stats, 8, augment=None, shuffle=False)
     with pytest.raises(ValueError, match="batch_size"):
-        augment.make_dataset(images, labels, stats, 0, augment=False, shuffle=False)
+        augment.make_dataset(images, labels, stats, 0, augment=None, shuffle=False)
+
+
+# --- The fast recipe's crop: pad-4 reflected random crop and horizontal flip ----------
+
+def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel():
+    """Each output equals numpy's pad (mode "symmetric", 4 pixels) cropped at the drawn offset,
+    mirrored when the flip was drawn: recovered here from the transform matrix."""
+    rng = np.random.default_rng(0)
+    images = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
+    seed = np.array([5, 9])
+    matrices = augment.crop_matrices(64, seed).numpy()
+    out = augment.crop_batch(images, seed).numpy()
+    pad = augment.CROP_PADDING
+    flips, shifts = 0, set()
+    for image, result, (sign, _, offset_x, _, _, shift_y, _, _) in zip(images, out, matrices):
+        flipped = sign < 0
+        source = image[:, ::-1] if flipped else image
+        shift_x = -(offset_x - 31) if flipped else offset_x  # the shift, seen in the mirrored image
+        dx, dy = int(shift_x), int(shift_y)
+        assert -pad <= dx <= pad and -pad <= dy <= pad
+        padded = np.pad(source, ((pad, pad), (pad, pad), (0, 0)), mode="symmetric")
+        np.testing.assert_allclose(result, padded[pad + dy:pad + dy + 32, pad + dx:pad + dx + 32], atol=1e-5)
+        flips += flipped
+        shifts.add((dx, dy))
+    assert 16 <= flips <= 48 and len(shifts) > 20  # both views and many offsets in 64 draws
+
+
+def test_crop_draws_every_offset_and_flips_half_the_images():
+    matrices = augment.crop_matrices(DRAWS, np.array([1, 2])).numpy()
+    shift_y = matrices[:, 5]
+    assert set(np.unique(shift_y)) == set(range(-augment.CROP_PADDING, augment.CROP_PADDING + 1))
+    assert abs(float(np.mean(matrices[:, 0] < 0)) - 0.5) < 0.02
+
+
+def test_crop_dataset_keeps_labels_and_varies_by_epoch(small):
+    images, labels, stats = small
+    dataset = augment.make_dataset(images, labels, stats, 64, augment="crop", shuffle=False, seed=2)
+    (x1, y1, _), (x2, _, _) = _epoch(dataset), _epoch(dataset)
+    np.testing.assert_array_equal(y1, labels)
+    assert not np.allclose(x1, x2)
+    plain = data.standardize(images, stats)
+    # Pixels are moved, never changed: each output's values are a subset of its input's.
+    for index in range(0, 100, 17):
+        assert np.isin(x1[index], plain[index]).all()
+    with pytest.raises(ValueError, match="unknown augment 'rotate'"):
+        augment.make_dataset(images, labels, stats, 8, augment="rotate", shuffle=False)
 
 
 # --- bench.py (a smoke test on tiny data: nothing timed, nothing asserted about speed) ---

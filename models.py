@@ -27,6 +27,7 @@ VGG16_DROPOUT_RATES = (0.2, 0.3, 0.4, 0.5)  # after blocks 1-4
 VGG16_FILTERS = (32, 64, 128, 256)  # Figure 2: two 3x3 convolutions a block
 ALEXNET_DROPOUT_RATES = (0.5, 0.5)  # after fc1 and fc2
 PRETRAINED_DROPOUT_RATE = 0.5  # between fc1 and the classifier
+BN_MOMENTUM = 0.99  # BatchNormalization's moving-average momentum: Keras' default, which the report kept
 PRETRAINED_SIZE = (224, 224)  # the report: "resize the initial input images", ImageNet's size
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' ImageNet weights
 
@@ -40,7 +41,8 @@ def _classifier(x, num_classes):
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
 
 
-def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=VGG16_DROPOUT_RATES):
+def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=VGG16_DROPOUT_RATES,
+                bn_momentum=BN_MOMENTUM):
     """The report's minimal VGG16, trained from scratch (Figure 2, 1,186,346 parameters).
 
     Four blocks of [Conv 3x3 same, BatchNorm, Conv 3x3 same, BatchNorm, MaxPool 2,
@@ -52,6 +54,7 @@ def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=
         input_shape: standardized images, (32, 32, 3) for CIFAR-10.
         num_classes: size of the softmax output.
         dropout_rates: one rate for each of the four blocks (the report gives none).
+        bn_momentum: BatchNormalization's moving-average momentum.
 
     Returns:
         An uncompiled `keras.Model` named "vgg16".
@@ -64,14 +67,15 @@ def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                               name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(name=f"block{block}_bn{conv}")(x)
+            x = layers.BatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = layers.Dropout(rate, name=f"block{block}_dropout")(x)
     x = layers.Flatten(name="flatten")(x)
     return keras.Model(inputs, _classifier(x, num_classes), name="vgg16")
 
 
-def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=ALEXNET_DROPOUT_RATES):
+def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=ALEXNET_DROPOUT_RATES,
+                  bn_momentum=BN_MOMENTUM):
     """The report's AlexNet for 32x32 inputs, trained from scratch (Figure 3, 2,915,338 parameters).
 
     Conv 11x11/4 (128) and Conv 5x5 (256), each with BatchNorm and a 2x2 max-pool
@@ -84,6 +88,7 @@ def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rate
         input_shape: standardized images, (32, 32, 3) for CIFAR-10.
         num_classes: size of the softmax output.
         dropout_rates: after fc1 and after fc2 (the report gives none).
+        bn_momentum: BatchNormalization's moving-average momentum.
 
     Returns:
         An uncompiled `keras.Model` named "alexnet".
@@ -92,16 +97,16 @@ def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rate
         raise ValueError(f"dropout_rates needs 2 values, received {dropout_rates!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(128, 11, strides=4, activation="relu", name="conv1")(inputs)
-    x = layers.BatchNormalization(name="bn1")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="bn1")(x)
     x = layers.MaxPooling2D(2, name="pool1")(x)
     x = layers.Conv2D(256, 5, padding="same", activation="relu", name="conv2")(x)
-    x = layers.BatchNormalization(name="bn2")(x)
+    x = layers.BatchNormalization(momentum=bn_momentum, name="bn2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
     # Figure 3's conv2d_2 (3x3 on a 1x1 map) needs "same" padding; its 590,880 is a
     # typo for 590,080 (3*3*256*256 + 256), which the stated total confirms.
     for index, size in ((3, 3), (4, 1), (5, 1)):
         x = layers.Conv2D(256, size, padding="same", activation="relu", name=f"conv{index}")(x)
-        x = layers.BatchNormalization(name=f"bn{index}")(x)
+        x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{index}")(x)
     # A 2x2 pool of a 1x1 map needs "same" padding to keep Figure 3's 1x1 output.
     x = layers.MaxPooling2D(2, padding="same", name="pool3")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -180,13 +185,34 @@ MODELS = {
 }
 
 
-def build_model(name, weights=None):
-    """Build a registry model by name; `weights` applies to vgg16_pretrained only."""
+# Each model's own dropout rates and the builder argument that takes them.
+DROPOUT_RATES = {"vgg16": VGG16_DROPOUT_RATES, "alexnet": ALEXNET_DROPOUT_RATES,
+                 "vgg16_pretrained": (PRETRAINED_DROPOUT_RATE,)}
+_DROPOUT_ARGUMENT = {"vgg16": "dropout_rates", "alexnet": "dropout_rates", "vgg16_pretrained": "dropout_rate"}
+
+
+def build_model(name, weights=None, dropout_scale=None, bn_momentum=None):
+    """Build a registry model by name.
+
+    Args:
+        name: a key of MODELS.
+        weights: vgg16_pretrained's base weights (see build_vgg16_pretrained); ignored otherwise.
+        dropout_scale: None for the builder's own dropout rates, or a factor they are
+            multiplied by (0 turns dropout off).
+        bn_momentum: None for Keras' default, or BatchNormalization's momentum (the
+            models trained from scratch; the pretrained base has no BatchNorm).
+    """
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
+    options = {}
+    if dropout_scale is not None:
+        rates = tuple(rate * dropout_scale for rate in DROPOUT_RATES[name])
+        options[_DROPOUT_ARGUMENT[name]] = rates[0] if name == "vgg16_pretrained" else rates
+    if bn_momentum is not None and name != "vgg16_pretrained":
+        options["bn_momentum"] = bn_momentum
     if name == "vgg16_pretrained":
-        return MODELS[name](weights=weights)
-    return MODELS[name]()
+        options["weights"] = weights
+    return MODELS[name](**options)
 
 
 def set_precision(precision, on_gpu=False):

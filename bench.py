@@ -13,6 +13,7 @@ trained for one warm-up epoch (graph tracing, oneDNN kernel selection; not count
 excluded, hardware named).
 """
 import argparse
+import dataclasses
 import math
 import os
 import platform
@@ -29,9 +30,9 @@ import augment
 import data
 import models
 import rundir
+import train
 
-BATCH_SIZE = 64  # training images a step, the paper's (section 4)
-LEARNING_RATE = 5e-4  # Adam step size, the paper's (section 4); it does not change the speed
+BATCH_SIZE = train.Settings().batch_size  # training images a step: the paper's 64, from train.py's declaration
 DEFAULT_MODELS = ("vgg16", "alexnet")  # vgg16_pretrained (224x224 inputs) takes minutes an epoch on a CPU
 DEFAULT_IMAGES = 2560  # training images a timed epoch: 40 of the paper's batches
 DEFAULT_REPEATS = 3  # timed epochs (and prediction passes) a measurement, after one warm-up
@@ -65,11 +66,11 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _compiled_model(name, steps_per_execution=1):
+def _compiled_model(name, steps_per_execution=1, steps_per_epoch=1):
+    """A fresh model compiled as train.py compiles the paper's protocol (train.Settings' defaults)."""
     model = models.build_model(name, weights=None)
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=LEARNING_RATE),
-                  loss="categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=steps_per_execution)
+    train.compile_model(model, dataclasses.replace(train.Settings(), steps_per_execution=steps_per_execution),
+                        steps_per_epoch)
     return model
 
 
@@ -100,7 +101,7 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
                                                  batch_size=batch_size, seed=seed)
         elif pipeline == "fast":
             model = _compiled_model(name, steps_per_execution)
-            inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment=True,
+            inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment="paper",
                                           shuffle=True, seed=seed)
         else:
             raise ValueError(f"unknown pipeline '{pipeline}'; choose paper or fast")

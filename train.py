@@ -50,38 +50,73 @@ RUN_FILES = (rundir.MODEL_FILE, rundir.STATS_FILE, rundir.CONFIG_FILE, rundir.HI
 RUN_FOLDERS = (CHECKPOINT_DIR, TENSORBOARD_DIR)
 HISTORY_KEYS = ("epoch", "loss", "accuracy", "val_loss", "val_accuracy", "learning_rate",
                 "epoch_seconds")
-AUGMENTATIONS = ("idg", "fast", "none")
+AUGMENTATIONS = ("idg", "fast", "crop", "none")
 PRECISIONS = ("float32", "mixed")
 STRATEGIES = ("none", "mirrored", "multiworker")
+OPTIMIZERS = ("adam", "sgd")
+SCHEDULES = ("plateau", "cosine")
 
 
 def _setting(default, about, **cli):
-    """A Settings field: its default and one line of unit and source (the --help text too)."""
+    """A Settings field: its default and one line of unit and source (the --help text too).
+
+    `when=(field, values)` marks a setting that only the runs with field in values use;
+    giving it on the command line otherwise is refused (see check_flags_used).
+    """
     return dataclasses.field(default=default, metadata={"about": about, **cli})
 
 
 @dataclasses.dataclass(frozen=True)
 class Settings:
-    """Every training setting, declared once with its unit and source; the command line overrides them."""
+    """Every training setting, declared once with its unit and source; the command line overrides them.
 
+    The defaults are the paper's protocol; RECIPES below names other sets of values.
+    """
+
+    recipe: str = _setting("paper", "the named set of defaults the run starts from (RECIPES); flags "
+                           "override its values")
     # The paper's protocol: Gomez Cruz 2025, section 3, the compile/callbacks/fit listing.
     epochs: int = _setting(300, "maximum epochs (passes over the training split); paper: 300")
     batch_size: int = _setting(64, "images per step, the global batch across devices; paper: 64")
-    learning_rate: float = _setting(5e-4, "Adam's initial step size; paper: 5e-4")
-    lr_factor: float = _setting(0.5, "ReduceLROnPlateau multiplies the learning rate by this; paper: 0.5")
+    optimizer: str = _setting("adam", "adam: Adam; sgd: SGD with Nesterov momentum; paper: adam",
+                              choices=OPTIMIZERS)
+    learning_rate: float = _setting(5e-4, "the optimizer's initial step size (the cosine schedule's peak); "
+                                    "paper: 5e-4")
+    momentum: float = _setting(0.9, "SGD's Nesterov momentum", when=("optimizer", ("sgd",)))
+    weight_decay: float = _setting(0.0, "decoupled weight decay: each step multiplies the conv and dense "
+                                   "kernels by (1 - learning_rate * this); biases and BatchNorm are "
+                                   "exempt; paper: none")
+    label_smoothing: float = _setting(0.0, "cross-entropy against targets (1 - this) one-hot + this / 10; "
+                                      "paper: none")
+    schedule: str = _setting("plateau", "plateau: ReduceLROnPlateau and EarlyStopping on val_loss, "
+                             "model.keras the best epoch (paper); cosine: per-step linear warm-up then "
+                             "cosine decay to min_lr at the last epoch, no cuts, no early stop, "
+                             "model.keras the last epoch", choices=SCHEDULES)
+    warmup_fraction: float = _setting(0.0, "cosine: the share of the run's steps spent rising linearly from "
+                                      "0 to learning_rate", when=("schedule", ("cosine",)))
+    lr_factor: float = _setting(0.5, "ReduceLROnPlateau multiplies the learning rate by this; paper: 0.5",
+                                when=("schedule", ("plateau",)))
     lr_patience: int = _setting(10, "epochs without val_loss improvement before the learning rate is cut; "
-                                "paper: 10")
-    min_lr: float = _setting(1e-5, "floor of the learning rate; paper: 1e-5")
+                                "paper: 10", when=("schedule", ("plateau",)))
+    min_lr: float = _setting(1e-5, "floor of the learning rate (plateau) or its value at the last step "
+                             "(cosine); paper: 1e-5")
     lr_min_delta: float = _setting(1e-4, "smallest val_loss decrease ReduceLROnPlateau counts as an "
-                                   "improvement; Keras' default, which the paper kept")
+                                   "improvement; Keras' default, which the paper kept",
+                                   when=("schedule", ("plateau",)))
     stop_patience: int = _setting(40, "epochs without val_loss improvement before training stops and the "
-                                  "best weights are restored; paper: 40")
+                                  "best weights are restored; paper: 40", when=("schedule", ("plateau",)))
     stop_min_delta: float = _setting(0.0, "smallest val_loss decrease EarlyStopping counts as an "
-                                     "improvement; Keras' default, which the paper kept")
+                                     "improvement; Keras' default, which the paper kept",
+                                     when=("schedule", ("plateau",)))
     augmentation: str = _setting("idg", "idg: the paper's ImageDataGenerator (faithful, one CPU thread); "
-                                 "fast: augment.py's tf.data equivalent; none", choices=AUGMENTATIONS)
+                                 "fast: augment.py's tf.data equivalent; crop: random 4-pixel "
+                                 "pad-and-crop and flip; none", choices=AUGMENTATIONS)
     augment_validation: bool = _setting(False, "augment the validation images too, as the paper did (its "
                                         "validation figures are on augmented images); default: clean")
+    dropout_scale: float = _setting(1.0, "multiplies every dropout rate of the model (models.py's; the "
+                                    "paper gives none); 0 turns dropout off")
+    bn_momentum: float = _setting(0.99, "BatchNormalization's moving-average momentum; Keras' default, "
+                                  "which the paper kept")
     weights: str = _setting("imagenet", "vgg16_pretrained's base: imagenet, none (random) or PATH to "
                             "Keras' VGG16 notop .h5; paper: imagenet")
     # Ours, not the paper's: reproducibility, scale, smoke runs.
@@ -100,6 +135,51 @@ class Settings:
     deterministic: bool = _setting(False, "deterministic TensorFlow ops (slower), for repeatable runs "
                                    "with --seed")
     tensorboard: bool = _setting(False, "write TensorBoard logs into RUN_DIR/tensorboard")
+
+
+# Recipes: named sets of Settings values, airbench's one hyperparameter dict per variant.
+# A recipe lists only what it changes from the defaults above (the paper's protocol).
+RECIPES = {
+    # The report's protocol, exactly as Settings declares it.
+    "paper": {},
+    # The report's networks (same parameter counts) to its accuracy in a tenth of its
+    # epochs: the short-schedule ingredients of He et al. 2016, Page's ResNet-9 (DAWNBench)
+    # and airbench94, measured here (README, results/).
+    "fast": {
+        "epochs": 30,  # a tenth of the paper's 300; the schedule stretches to whatever --epochs says
+        "batch_size": 256,  # 4x the paper's: fewer, larger steps (faster on GPUs; see README for CPUs)
+        # Adam with decoupled weight decay (AdamW, Loshchilov & Hutter 2019), not the speed
+        # records' Nesterov SGD: on this network SGD warmed to 0.05-0.2 learned slower (3 full
+        # epochs: 53 % validation against AdamW's 66 %; README, "How the fast recipe was chosen").
+        "optimizer": "adam",
+        "learning_rate": 2e-3,  # peak: 4x the paper's 5e-4 for a 4x batch (linear scaling)
+        "weight_decay": 0.05,  # decoupled: kernels shrink by lr * 0.05 a step (AdamW's usual range)
+        "label_smoothing": 0.1,  # Szegedy et al. 2016; airbench uses 0.2
+        "schedule": "cosine",  # per step, sized from --epochs: short runs decay fully too
+        "warmup_fraction": 0.15,  # Page and airbench warm up over roughly the first fifth
+        "min_lr": 0.0,  # decay to zero at the last step, so the last epoch is the settled model
+        "augmentation": "crop",  # pad-4 random crop + flip: the standard CIFAR-10 augmentation
+        "dropout_scale": 0.5,  # half of models.py's rates: crop, decay and smoothing regularize too
+        "bn_momentum": 0.9,  # 0.99 lags in runs of a few thousand steps (airbench uses 0.6)
+    },
+}
+
+
+def recipe_settings(recipe):
+    """The Settings a recipe declares (UserError for an unknown name)."""
+    if recipe not in RECIPES:
+        raise UserError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}")
+    return Settings(recipe=recipe, **RECIPES[recipe])
+
+
+def check_flags_used(settings, explicit):
+    """UserError for a flag given explicitly that the resolved settings never read."""
+    for field in dataclasses.fields(Settings):
+        when = field.metadata.get("when")
+        if field.name in explicit and when and getattr(settings, when[0]) not in when[1]:
+            flag, by = "--" + field.name.replace("_", "-"), "--" + when[0].replace("_", "-")
+            raise UserError(f"{flag} is not used with {by} {getattr(settings, when[0])} (recipe "
+                            f"{settings.recipe}); it applies to {by} {' or '.join(when[1])}")
 
 
 # Settings that do not change what is trained, so --resume may take new values for them
@@ -129,11 +209,28 @@ def check_settings(model_name, settings):
                         ("stop min delta", s.stop_min_delta)):
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{name} must be >= 0, received {value!r}")
-    for name, value, choices in (("augmentation", s.augmentation, AUGMENTATIONS),
+    for name, value, choices in (("recipe", s.recipe, tuple(RECIPES)),
+                                 ("augmentation", s.augmentation, AUGMENTATIONS),
                                  ("precision", s.precision, PRECISIONS),
-                                 ("distribute", s.distribute, STRATEGIES)):
+                                 ("distribute", s.distribute, STRATEGIES),
+                                 ("optimizer", s.optimizer, OPTIMIZERS),
+                                 ("schedule", s.schedule, SCHEDULES)):
         if value not in choices:
             raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
+    for name, value in (("momentum", s.momentum), ("label smoothing", s.label_smoothing),
+                        ("warmup fraction", s.warmup_fraction), ("bn momentum", s.bn_momentum)):
+        if not (math.isfinite(value) and 0 <= value < 1):
+            raise UserError(f"{name} must lie in [0, 1), received {value!r}")
+    for name, value in (("weight decay", s.weight_decay), ("dropout scale", s.dropout_scale)):
+        if not (math.isfinite(value) and value >= 0):
+            raise UserError(f"{name} must be >= 0, received {value!r}")
+    highest = max(models.DROPOUT_RATES[model_name]) * s.dropout_scale
+    if highest >= 1:
+        raise UserError(f"dropout scale {s.dropout_scale!r} makes a dropout rate of {highest:g}; "
+                        f"rates must stay below 1")
+    if s.schedule == "cosine" and s.min_lr > s.learning_rate:
+        raise UserError(f"min lr {s.min_lr!r} is above the learning rate {s.learning_rate!r}; the cosine "
+                        "schedule decays from the learning rate down to min lr")
     if s.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package (python -m pip install tensorboard)")
     if s.augment_validation and s.augmentation == "none":
@@ -279,15 +376,16 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
     """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}."""
     batch_size = settings.batch_size
     y_train, y_valid = data.one_hot(y_train), data.one_hot(y_valid)
-    if settings.augmentation == "fast":
-        import augment  # the tf.data pipeline of issue 5, imported only when asked for
+    if settings.augmentation in ("fast", "crop"):
+        import augment  # the tf.data pipelines, imported only when asked for
+        transform = {"fast": "paper", "crop": "crop"}[settings.augmentation]
         # shuffle=False for fit: the dataset reshuffles itself every epoch.
         return {"shuffle": False,
-                "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=True, shuffle=True,
-                                          seed=seed),
-                "validation_data": augment.make_dataset(x_valid, y_valid, stats, batch_size,
-                                                        augment=settings.augment_validation,
-                                                        shuffle=False, seed=seed)}
+                "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
+                                          shuffle=True, seed=seed),
+                "validation_data": augment.make_dataset(
+                    x_valid, y_valid, stats, batch_size,
+                    augment=transform if settings.augment_validation else None, shuffle=False, seed=seed)}
     x_train, x_valid = data.standardize(x_train, stats), data.standardize(x_valid, stats)
     if settings.augmentation == "none":
         return {"x": x_train, "y": y_train, "batch_size": batch_size, "shuffle": True,
@@ -312,39 +410,42 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
 class RunFolderCheckpoint(keras.callbacks.Callback):
     """Commits every completed epoch to the run folder; on resume, restores the callbacks' state.
 
-    Placed after ReduceLROnPlateau and EarlyStopping in the callback list, so that it sees
-    their end-of-epoch decisions (a cut learning rate, a new best) and, at the start of
-    fit, overwrites the reset their on_train_begin does with the saved counters.
+    Placed after ReduceLROnPlateau and EarlyStopping (when the schedule has them) in the
+    callback list, so that it sees their end-of-epoch decisions (a cut learning rate, a
+    new best) and, at the start of fit, overwrites the reset their on_train_begin does
+    with the saved counters.
 
-    Per epoch, in this order: checkpoint/epoch_NNNN.keras (model + optimizer state);
-    checkpoint/state.json, the commit (counters, history, seconds); model.keras if this
-    epoch is the best; history.json; then the previous epoch's checkpoint is deleted.
-    Every write is atomic, so a kill at any point leaves the last committed epoch whole.
+    Per epoch, in this order: checkpoint/epoch_NNNN.keras (model + optimizer state, so a
+    per-step schedule resumes at its step); checkpoint/state.json, the commit (counters,
+    history, seconds); model.keras if this epoch is the best by val_loss (plateau) or
+    every epoch (cosine: the last is the model); history.json; then the previous epoch's
+    checkpoint is deleted. Every write is atomic, so a kill at any point leaves the last
+    committed epoch whole. After the first epoch of a session it logs the pace and what
+    the run's remaining epochs will take.
     """
 
-    def __init__(self, write_dir, reduce_lr, early_stopping, history, state=None, best_weights=None,
-                 seconds_before=0.0):
+    def __init__(self, write_dir, watchers, history, total_epochs, state=None, best_weights=None,
+                 seconds_before=0.0, log=print):
         super().__init__()
         self.write_dir = write_dir
-        self.reduce_lr = reduce_lr
-        self.early_stopping = early_stopping
+        self.watchers = watchers  # {"reduce_lr": callback, "early_stopping": callback}, or {}
         self.history = history
+        self.total_epochs = total_epochs
         self.state = state
         self.best_weights = best_weights
         self.seconds_before = seconds_before
         self.train_seconds = seconds_before
+        self.log = log
+        self.epochs_this_session = 0
 
     def on_train_begin(self, logs=None):
         if self.state is not None:
-            for callback, key in ((self.reduce_lr, "reduce_lr"), (self.early_stopping, "early_stopping")):
+            for key, callback in self.watchers.items():
                 for attribute, value in self.state[key].items():
                     setattr(callback, attribute, value)
-            self.early_stopping.best_weights = self.best_weights
+            if "early_stopping" in self.watchers:
+                self.watchers["early_stopping"].best_weights = self.best_weights
         self.session_start = time.perf_counter()
-
-    def on_epoch_begin(self, epoch, logs=None):
-        self.epoch_start = time.perf_counter()
-        self.epoch_learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
 
     def on_epoch_end(self, epoch, logs=None):
         logs = logs or {}
@@ -356,6 +457,20 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
             self.history[key].append(record[key])
         self.train_seconds = self.seconds_before + time.perf_counter() - self.session_start
         self.commit(epoch)
+        self.epochs_this_session += 1
+        self.last_epoch_seconds = seconds
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # After the session's first epoch (here, so it follows Keras' line for that epoch).
+        if self.epochs_this_session == 1:
+            self.log(eta_line(self.last_epoch_seconds, epoch, self.total_epochs, "early_stopping" in self.watchers))
+        self.epoch_start = time.perf_counter()
+        self.epoch_learning_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def is_best(self, epoch):
+        """Whether model.keras is rewritten after `epoch` (0-based)."""
+        stopping = self.watchers.get("early_stopping")
+        return stopping is None or stopping.best_epoch == epoch
 
     def commit(self, epoch):
         folder = os.path.join(self.write_dir, CHECKPOINT_DIR)
@@ -365,18 +480,40 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
         state = {
             "epoch": epoch + 1,  # completed epochs; fit resumes with initial_epoch = this
             "checkpoint": name,
-            **_callback_state(self.reduce_lr, self.early_stopping),
+            **_callback_state(self.watchers),
             "stopped": bool(self.model.stop_training),
             "train_seconds": self.train_seconds,
             "history": self.history,
         }
         rundir.write_json(os.path.join(folder, STATE_FILE), state)
-        if self.early_stopping.best_epoch == epoch:
+        if self.is_best(epoch):
             rundir.save_model(self.model, os.path.join(self.write_dir, rundir.MODEL_FILE))
         rundir.write_json(os.path.join(self.write_dir, rundir.HISTORY_FILE), self.history)
         for entry in os.listdir(folder):
             if entry.startswith("epoch_") and entry != name:
                 os.remove(os.path.join(folder, entry))
+
+
+def _duration(seconds):
+    """Seconds in words a user reads at a glance: 48 s, 12.5 min, 7.9 h, 2.1 days."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.1f} min"
+    if seconds < 2 * 86400:
+        return f"{seconds / 3600:.1f} h"
+    return f"{seconds / 86400:.1f} days"
+
+
+def eta_line(epoch_seconds, epochs_done, total_epochs, may_stop_early=False):
+    """The pace after an epoch, and what the run's remaining epochs take at that pace."""
+    remaining = total_epochs - epochs_done
+    finish = datetime.datetime.now() + datetime.timedelta(seconds=remaining * epoch_seconds)
+    return (f"{PROG}: epoch {epochs_done} took {_duration(epoch_seconds)}; at this pace the run's "
+            f"{total_epochs} epochs take {_duration(total_epochs * epoch_seconds)} in all, "
+            f"the {remaining} left about {_duration(remaining * epoch_seconds)} "
+            f"(until {finish:%Y-%m-%d %H:%M}"
+            + (", sooner if early stopping ends it)" if may_stop_early else ")"))
 
 
 def _plain(value):
@@ -386,10 +523,55 @@ def _plain(value):
 
 # --- Training -----------------------------------------------------------------------
 
-def _compile(model, settings):
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate=settings.learning_rate),
-                  loss="categorical_crossentropy", metrics=["accuracy"],
-                  steps_per_execution=settings.steps_per_execution)
+def make_optimizer(settings, steps_per_epoch):
+    """The optimizer with its learning-rate schedule, from the settings alone.
+
+    plateau: a constant learning rate that ReduceLROnPlateau may cut. cosine: Keras'
+    CosineDecay, stepped every batch: linear warm-up from 0 over warmup_fraction of the
+    run's steps (sized from epochs and steps_per_epoch), then a cosine down to min_lr at
+    the last step. The schedule reads the optimizer's step counter, which the checkpoint
+    saves, so a resumed run continues the same curve.
+    """
+    learning_rate = settings.learning_rate
+    if settings.schedule == "cosine":
+        total_steps = settings.epochs * steps_per_epoch
+        warmup_steps = int(round(settings.warmup_fraction * total_steps))
+        learning_rate = keras.optimizers.schedules.CosineDecay(
+            initial_learning_rate=0.0 if warmup_steps else settings.learning_rate,
+            decay_steps=max(total_steps - warmup_steps, 1),
+            alpha=settings.min_lr / settings.learning_rate,
+            warmup_target=settings.learning_rate if warmup_steps else None,
+            warmup_steps=warmup_steps)
+    decay = settings.weight_decay or None
+    if settings.optimizer == "sgd":
+        optimizer = keras.optimizers.SGD(learning_rate, momentum=settings.momentum, nesterov=True,
+                                         weight_decay=decay)
+    else:
+        optimizer = keras.optimizers.Adam(learning_rate, weight_decay=decay)
+    if decay:
+        # Decay the kernels only: BatchNorm's scale and shift and the biases set offsets and
+        # gains, which shrinking toward zero does not regularize (the usual exemption).
+        optimizer.exclude_from_weight_decay(var_names=["bias", "gamma", "beta"])
+    return optimizer
+
+
+def compile_model(model, settings, steps_per_epoch):
+    """Compile `model` with the settings' optimizer, schedule and loss: the one place they are built."""
+    model.compile(optimizer=make_optimizer(settings, steps_per_epoch),
+                  loss=keras.losses.CategoricalCrossentropy(label_smoothing=settings.label_smoothing),
+                  metrics=["accuracy"], steps_per_execution=settings.steps_per_execution)
+
+
+def make_callbacks(settings):
+    """The schedule's watchers, in the order RunFolderCheckpoint expects: {} for cosine."""
+    if settings.schedule != "plateau":
+        return {}
+    return {"reduce_lr": keras.callbacks.ReduceLROnPlateau(
+                monitor="val_loss", factor=settings.lr_factor, patience=settings.lr_patience,
+                min_lr=settings.min_lr, min_delta=settings.lr_min_delta, verbose=1),
+            "early_stopping": keras.callbacks.EarlyStopping(
+                monitor="val_loss", patience=settings.stop_patience, min_delta=settings.stop_min_delta,
+                restore_best_weights=True, verbose=1)}
 
 
 def _session_seed(seed, initial_epoch):
@@ -481,8 +663,9 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
             with strategy.scope():
                 # The model first: a missing pretrained weights file stops us before any data loads.
                 # A resumed checkpoint brings every weight, so nothing is downloaded for it.
-                model = models.build_model(model_name, weights=None if state else settings.weights)
-                _compile(model, settings)
+                model = models.build_model(model_name, weights=None if state else settings.weights,
+                                           dropout_scale=settings.dropout_scale,
+                                           bn_momentum=settings.bn_momentum)
             x_train, y_train, x_valid, y_valid = load_split(data_dir, settings.limit, settings.batch_size)
         except BaseException:
             if created and os.path.isdir(run_dir):  # leave no empty folder behind a failed start
@@ -491,6 +674,8 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
         stats = data.compute_stats(x_train)
         if previous is not None:
             _check_same_data(run_dir, stats)
+        with strategy.scope():
+            compile_model(model, settings, steps_per_epoch=math.ceil(len(x_train) / settings.batch_size))
         config = dict(previous) if previous else {"model": model_name, "started": _now()}
         config.update({
             "settings": dataclasses.asdict(settings),
@@ -516,16 +701,11 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
             best_weights = _restore(model, run_dir, write_dir, state, strategy)
             rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
 
-        reduce_lr = keras.callbacks.ReduceLROnPlateau(
-            monitor="val_loss", factor=settings.lr_factor, patience=settings.lr_patience,
-            min_lr=settings.min_lr, min_delta=settings.lr_min_delta, verbose=1)
-        early_stopping = keras.callbacks.EarlyStopping(
-            monitor="val_loss", patience=settings.stop_patience, min_delta=settings.stop_min_delta,
-            restore_best_weights=True, verbose=1)
-        checkpoint = RunFolderCheckpoint(write_dir, reduce_lr, early_stopping, history, state=state,
+        watchers = make_callbacks(settings)
+        checkpoint = RunFolderCheckpoint(write_dir, watchers, history, settings.epochs, state=state,
                                          best_weights=best_weights,
-                                         seconds_before=state["train_seconds"] if state else 0.0)
-        callbacks = [reduce_lr, early_stopping, checkpoint]  # this order: see RunFolderCheckpoint
+                                         seconds_before=state["train_seconds"] if state else 0.0, log=log)
+        callbacks = [*watchers.values(), checkpoint]  # this order: see RunFolderCheckpoint
         if settings.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, TENSORBOARD_DIR)))
 
@@ -534,12 +714,15 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
         if initial_epoch < settings.epochs and not (state and state["stopped"]):
             model.fit(**inputs, epochs=settings.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                       verbose=1 if sys.stdout.isatty() else 2)
-            callback_state = _callback_state(reduce_lr, early_stopping)
+            callback_state = _callback_state(watchers)
         else:  # killed after the last epoch's commit: nothing left to train
-            callback_state = {key: state[key] for key in ("reduce_lr", "early_stopping")}
+            callback_state = {key: state[key] for key in watchers}
+        # model.keras holds EarlyStopping's best epoch, or (cosine) the last one.
+        best_epoch = (callback_state["early_stopping"]["best_epoch"] + 1 if "early_stopping" in callback_state
+                      else len(history["epoch"]))
         config.update({"finished": _now(), "train_seconds": checkpoint.train_seconds,
-                       "epochs_completed": len(history["epoch"]),
-                       "best_epoch": callback_state["early_stopping"]["best_epoch"] + 1,
+                       "epochs_completed": len(history["epoch"]), "best_epoch": best_epoch,
+                       "model_epoch": "best by val_loss" if watchers else "last",
                        "callbacks": callback_state, "status": "complete"})
         rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
         rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
@@ -554,12 +737,16 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
     return history
 
 
-def _callback_state(reduce_lr, early_stopping):
-    """The counters ReduceLROnPlateau and EarlyStopping keep, as Keras names them (best_epoch 0-based)."""
-    return {"reduce_lr": {"best": _plain(reduce_lr.best), "wait": reduce_lr.wait,
-                          "cooldown_counter": reduce_lr.cooldown_counter},
-            "early_stopping": {"best": _plain(early_stopping.best), "wait": early_stopping.wait,
-                               "best_epoch": early_stopping.best_epoch}}
+# The counters ReduceLROnPlateau and EarlyStopping keep, as Keras names them (best_epoch 0-based).
+_CALLBACK_COUNTERS = {"reduce_lr": ("best", "wait", "cooldown_counter"),
+                      "early_stopping": ("best", "wait", "best_epoch")}
+
+
+def _callback_state(watchers):
+    """The watchers' counters as JSON-ready numbers ({} for a schedule without watchers)."""
+    return {key: {name: _plain(getattr(callback, name)) if name == "best" else getattr(callback, name)
+                  for name in _CALLBACK_COUNTERS[key]}
+            for key, callback in watchers.items()}
 
 
 def _restore(model, run_dir, write_dir, state, strategy):
@@ -568,6 +755,10 @@ def _restore(model, run_dir, write_dir, state, strategy):
     best = os.path.join(run_dir, rundir.MODEL_FILE)
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)  # its slots must exist to receive the state
+        if "early_stopping" not in state:  # cosine: no best weights to keep, model.keras is the last epoch
+            model.load_weights(checkpoint)
+            rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
+            return None
         if state["early_stopping"]["best_epoch"] == state["epoch"] - 1:
             # The last committed epoch is the best one; a kill may have come before model.keras was
             # rewritten, so write it again from the checkpoint.
@@ -599,8 +790,9 @@ def _print_summary(model_name, history, config, run_dir, log):
     best = config["best_epoch"] - 1
     seconds = config["train_seconds"]
     reason = ("early stopping" if epochs < config["settings"]["epochs"] else "epoch limit")
+    which = "best epoch" if config.get("model_epoch", "best by val_loss") != "last" else "model.keras: last epoch"
     log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s "
-        f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; best epoch "
+        f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} "
         f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "
         f"{100 * history['val_accuracy'][best]:.2f} %; run folder {run_dir}")
 
@@ -627,7 +819,11 @@ def build_parser():
         "split (the paper's random_state=0 split)\nand the first max(N // 10, batch size) of the "
         "5,000 validation images; statistics come from what is kept.\nA killed run continues with "
         "--resume from its last completed epoch (optimizer, learning-rate cuts,\nearly-stopping "
-        "counters and best weights kept); the checkpoint/ folder goes once the run is complete.")
+        "counters and best weights kept); the checkpoint/ folder goes once the run is complete.\n\n"
+        "Recipes (--recipe NAME; any flag still overrides a value):\n" + "\n".join(
+            f"  {name}: " + (", ".join(f"{key}={value}" for key, value in values.items())
+                             or "the paper's protocol, the defaults below")
+            for name, values in RECIPES.items()))
     parser.add_argument("model", metavar="MODEL", help=f"one of {', '.join(models.MODELS)}")
     for field in dataclasses.fields(Settings):
         flag = "--" + field.name.replace("_", "-")
@@ -670,9 +866,11 @@ def main(argv=None):
         if "weights" in explicit and args.model != "vgg16_pretrained":
             raise UserError(f"--weights applies to vgg16_pretrained only, not {args.model}")
         use_saved = args.resume and os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE))
-        base = load_settings(run_dir) if use_saved else Settings()
-        train(args.model, dataclasses.replace(base, **explicit), run_dir, data_dir=args.data_dir,
-              resume=args.resume, overwrite=args.overwrite)
+        base = load_settings(run_dir) if use_saved else recipe_settings(explicit.get("recipe", "paper"))
+        settings = dataclasses.replace(base, **explicit)
+        check_flags_used(settings, explicit)
+        train(args.model, settings, run_dir, data_dir=args.data_dir, resume=args.resume,
+              overwrite=args.overwrite)
     except UserError as error:
         rundir.fail(PROG, error)
     except KeyboardInterrupt:

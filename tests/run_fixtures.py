@@ -24,7 +24,7 @@ from cifar_fixtures import make_images
 TRAIN_IMAGES = 256  # one real epoch: enough to get a trained, saved model quickly
 VALID_IMAGES = 64
 HISTORY_EPOCHS = 3  # epochs in history.json: the real one, then made-up ones
-LEARNING_RATE = 5e-4  # the paper's Adam step size
+LEARNING_RATE = 5e-4  # the paper's Adam step size (train.Settings), for the made-up history
 DROP_EPOCH = 3  # 1-based epoch in history.json whose learning rate is halved (ReduceLROnPlateau-like)
 BATCH_SIZE = 64
 
@@ -46,11 +46,13 @@ def make_run(folder, model_name, seed=0):
     y_train, y_valid = data.one_hot(labels[:TRAIN_IMAGES]), data.one_hot(labels[TRAIN_IMAGES:])
     stats = data.compute_stats(x_train)
 
+    import train
+
     keras.utils.set_random_seed(seed)
     model = models.build_model(model_name)
-    # Eager steps: tracing the train function costs more than the handful of steps here.
-    model.compile(optimizer=keras.optimizers.Adam(LEARNING_RATE), loss="categorical_crossentropy",
-                  metrics=["accuracy"], run_eagerly=True)
+    # train.py's one declaration of the paper's optimizer and loss (Settings' defaults).
+    train.compile_model(model, train.Settings(), steps_per_epoch=TRAIN_IMAGES // BATCH_SIZE)
+    model.run_eagerly = True  # tracing the train function costs more than the handful of steps here
     logged = model.fit(data.standardize(x_train, stats), y_train, batch_size=BATCH_SIZE, epochs=1,
                        verbose=0).history
     val_loss, val_accuracy = model.evaluate(data.standardize(x_valid, stats), y_valid, verbose=0)

@@ -193,3 +193,107 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
     assert config["resumed"][0]["after_epoch"] == done
     assert config["settings"]["seed"] == 1 and config["settings"]["limit"] == 64  # the saved settings
     assert config["strategy"] == {"name": "none", "replicas": 1}
+
+
+# --- Recipes ------------------------------------------------------------------------
+
+def test_each_recipe_resolves_to_its_declared_values_and_flags_override():
+    paper = train.recipe_settings("paper")
+    assert paper == train.Settings()  # the paper's protocol is the dataclass defaults
+    fast = train.recipe_settings("fast")
+    assert fast.recipe == "fast"
+    for name, value in train.RECIPES["fast"].items():
+        assert getattr(fast, name) == value, name
+    untouched = set(train.Settings.__dataclass_fields__) - set(train.RECIPES["fast"]) - {"recipe"}
+    assert all(getattr(fast, name) == getattr(paper, name) for name in untouched)
+
+    parsed = train.build_parser().parse_args(["vgg16", "--recipe", "fast", "--epochs", "3",
+                                              "--learning-rate", "0.05"])
+    seen = {}
+    real_train = train.train
+    try:
+        train.train = lambda model, settings, *args, **kwargs: seen.update(settings=settings)
+        assert train.main(["vgg16", "--recipe", "fast", "--epochs", "3", "--learning-rate", "0.05"]) == 0
+    finally:
+        train.train = real_train
+    assert parsed.recipe == "fast"
+    assert seen["settings"] == train.dataclasses.replace(fast, epochs=3, learning_rate=0.05)
+
+
+def test_help_lists_every_recipe_and_what_it_sets(capsys):
+    with pytest.raises(SystemExit):
+        train.main(["--help"])
+    out = capsys.readouterr().out
+    for name, values in train.RECIPES.items():
+        assert f"  {name}: " in out
+        for key, value in values.items():
+            assert f"{key}={value}" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vgg16", "--recipe", "slow"], "unknown recipe 'slow'; choose one of paper, fast"),
+    (["vgg16", "--recipe", "fast", "--lr-patience", "3"],
+     "--lr-patience is not used with --schedule cosine (recipe fast); it applies to --schedule plateau"),
+    (["vgg16", "--warmup-fraction", "0.1"], "--warmup-fraction is not used with --schedule plateau"),
+    (["vgg16", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe paper)"),
+    (["vgg16", "--recipe", "fast", "--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
+    (["vgg16", "--recipe", "fast", "--dropout-scale", "2"], "makes a dropout rate of 1"),
+    (["vgg16", "--recipe", "fast", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.002"),
+    (["vgg16", "--recipe", "fast", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe fast)"),
+])
+def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_dir, capsys):
+    expect_exit_2(capsys, argv + ["--data-dir", cifar_dir, "--run-dir", str(tmp_path / "run")], message)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
+    settings = train.dataclasses.replace(train.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
+                                         learning_rate=0.1, min_lr=0.001)
+    schedule = train.make_optimizer(settings, steps_per_epoch=10)._learning_rate
+    rates = [float(schedule(step)) for step in range(41)]
+    assert rates[0] == 0 and rates[5] == pytest.approx(0.05) and rates[10] == pytest.approx(0.1)
+    assert all(a > b for a, b in zip(rates[10:40], rates[11:41]))  # decays every step after warm-up
+    assert rates[40] == pytest.approx(0.001)
+
+
+def test_a_killed_fast_run_resumes_on_the_same_schedule(cifar_dir, tmp_path, capsys):
+    """A 2-epoch --recipe fast run killed after epoch 1 and resumed has, epoch by epoch, the
+    learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
+    argv = ["vgg16", "--recipe", "fast", "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
+            "--batch-size", "32", "--seed", "3"]
+    whole = str(tmp_path / "whole")
+    assert train.main([*argv, "--run-dir", whole]) == 0
+    expected = read(whole, rundir.HISTORY_FILE)
+    config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
+    assert config["settings"]["recipe"] == "fast" and config["model_epoch"] == "last"
+    assert config["best_epoch"] == 2 and config["parameters"] == 1_186_346
+
+    # SIGKILL, from inside the process right after epoch 1's commit: as abrupt as a kill from
+    # outside, and never too late (a 2-epoch run could otherwise finish before the kill lands).
+    killed = str(tmp_path / "killed")
+    script = ("import os, signal, sys, train\n"
+              "commit = train.RunFolderCheckpoint.commit\n"
+              "def commit_then_die(self, epoch):\n"
+              "    commit(self, epoch)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "train.RunFolderCheckpoint.commit = commit_then_die\n"
+              "train.main(sys.argv[1:])\n")
+    process = subprocess.run([sys.executable, "-c", script, *argv, "--run-dir", killed], cwd=ROOT,
+                             capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr
+    assert read(os.path.join(killed, train.CHECKPOINT_DIR), train.STATE_FILE)["epoch"] == 1
+    expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],
+                  "recipe differs (saved 'fast', given 'paper')")
+    assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
+    resumed = read(killed, rundir.HISTORY_FILE)
+    assert resumed["epoch"] == [1, 2]
+    assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
+    assert resumed["learning_rate"][1] > 0.5 * train.RECIPES["fast"]["learning_rate"]  # past the warm-up, not back at 0
+    assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
+
+
+def test_eta_line_tells_the_whole_runs_duration():
+    line = train.eta_line(600.0, 1, 300, may_stop_early=True)
+    assert "epoch 1 took 10.0 min" in line and "300 epochs take 2.1 days in all" in line
+    assert "the 299 left about 2.1 days" in line and "sooner if early stopping ends it" in line
+    assert "sooner" not in train.eta_line(30.0, 1, 10)

@@ -1,13 +1,16 @@
 """Evaluate run folders on the CIFAR-10 test set: the paper's Table 2, and metrics.json.
 
     python evaluate.py runs/vgg16 runs/alexnet --data-dir /data/cifar10
+    python evaluate.py runs/vgg16_fast --tta     # also: each image and its mirror, averaged
 
 Each run is evaluated on the 10,000 test images standardized with that run's own
 stats.json (never statistics of the test set). The model predicts the test set once,
 after an untimed warm-up; accuracy, loss (categorical cross-entropy), top-5 accuracy,
 per-class accuracy and the confusion matrix are all computed from those predictions,
 and written with the timing to `metrics.json` in the run folder (Gomez Cruz 2025,
-section 4, Table 2).
+section 4, Table 2). With --tta, a second pass predicts every image's mirror and the
+two probability vectors are averaged (test-time augmentation with the horizontal flip
+the models trained on); `test_accuracy_tta` and `test_loss_tta` join the plain figures.
 """
 import argparse
 import datetime
@@ -84,6 +87,22 @@ def compute_metrics(probabilities, labels):
     }
 
 
+def mirrored(images):
+    """The images flipped left to right (N, H, W, C): the view test-time augmentation adds."""
+    return np.asarray(images)[:, :, ::-1, :]
+
+
+def predict_tta(model, images, batch_size, plain=None):
+    """Probabilities averaged over each image and its mirror (test-time augmentation).
+
+    `plain`: the model's predictions of `images` when already made (saves a pass).
+    """
+    if plain is None:
+        plain = model.predict(images, batch_size=batch_size, verbose=0)
+    flipped = model.predict(mirrored(images), batch_size=batch_size, verbose=0)
+    return (np.asarray(plain, dtype=np.float64) + np.asarray(flipped, dtype=np.float64)) / 2
+
+
 def read_run(run_dir):
     """Check a run folder and return (model name, stats) without loading the model."""
     rundir.check_run_dir(run_dir)
@@ -94,13 +113,15 @@ def read_run(run_dir):
     return rundir.model_name(run_dir), stats
 
 
-def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True):
+def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True, tta=False):
     """Evaluate one run folder on uint8 test images and integer labels; return the metrics.
 
     The images are standardized with the run's stats.json. Timing: loading the model
     is timed on its own; then an untimed warm-up (which traces the predict function
     for a full and a ragged batch), then one timed pass over every test image.
-    With `write`, the metrics are written atomically to RUN_DIR/metrics.json.
+    With `tta`, an untimed second pass over the mirrored images adds test_accuracy_tta
+    and test_loss_tta (see predict_tta). With `write`, the metrics are written
+    atomically to RUN_DIR/metrics.json.
     """
     import keras  # noqa: F401  (imported, and TensorFlow's devices set up, before the load is timed)
     model_name, stats = read_run(run_dir)
@@ -117,6 +138,9 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
 
     metrics = {"model": model_name, "run_dir": os.path.abspath(run_dir)}
     metrics.update(compute_metrics(probabilities, y_test))
+    if tta:
+        averaged = compute_metrics(predict_tta(model, x, batch_size, plain=probabilities), y_test)
+        metrics.update({"test_accuracy_tta": averaged["test_accuracy"], "test_loss_tta": averaged["test_loss"]})
     metrics.update({
         "predict_seconds": predict_seconds,
         "load_seconds": load_seconds,
@@ -153,7 +177,9 @@ def format_report(metrics):
     lines = [
         f"{metrics['model']} ({metrics['run_dir']}) on {metrics['test_images']:,} test images",
         f"  test accuracy {100 * metrics['test_accuracy']:.2f} %, top-5 {100 * metrics['top5_accuracy']:.2f} %, "
-        f"loss {metrics['test_loss']:.4f}",
+        f"loss {metrics['test_loss']:.4f}"
+        + (f"; with TTA (image + mirror) {100 * metrics['test_accuracy_tta']:.2f} %, loss "
+           f"{metrics['test_loss_tta']:.4f}" if "test_accuracy_tta" in metrics else ""),
         f"  predict {metrics['predict_seconds']:.2f} s ({metrics['ms_per_image']:.3f} ms/image, "
         f"batch size {metrics['batch_size']}, {metrics['device']}); model load {metrics['load_seconds']:.2f} s",
         "  per-class accuracy: " + ", ".join(
@@ -170,8 +196,9 @@ def format_report(metrics):
 
 def format_table(all_metrics):
     """The paper's Table 2 (model, seconds to predict the test set, accuracy), the paper's figures beside ours."""
-    header = (f"{'CNN':<20} {'run':<24} {'Δt (s)':>8} {'Acc. %':>7}   "
-              f"{'paper Δt (s)':>12} {'paper Acc. %':>12}")
+    tta = any("test_accuracy_tta" in metrics for metrics in all_metrics)
+    header = (f"{'CNN':<20} {'run':<24} {'Δt (s)':>8} {'Acc. %':>7}" + (f" {'TTA %':>7}" if tta else "")
+              + f"   {'paper Δt (s)':>12} {'paper Acc. %':>12}")
     lines = ["Table 2: CNN testing performance (ours, and the paper's on a MacBook Air M3)", header,
              "-" * len(header)]
     for metrics in all_metrics:
@@ -179,8 +206,12 @@ def format_table(all_metrics):
         run = os.path.basename(os.path.normpath(metrics["run_dir"]))
         paper = (f"{paper_seconds:>12} {paper_accuracy:>12}" if paper_seconds is not None
                  else f"{'-':>12} {'-':>12}")
+        with_tta = ""
+        if tta:
+            with_tta = (f" {100 * metrics['test_accuracy_tta']:>7.1f}" if "test_accuracy_tta" in metrics
+                        else f" {'-':>7}")
         lines.append(f"{label:<20} {run[:24]:<24} {metrics['predict_seconds']:>8.1f} "
-                     f"{100 * metrics['test_accuracy']:>7.1f}   {paper}")
+                     f"{100 * metrics['test_accuracy']:>7.1f}{with_tta}   {paper}")
     devices = sorted({metrics["device"] for metrics in all_metrics})
     lines.append(f"ours: {', '.join(devices)}; {all_metrics[0]['test_images']:,} test images")
     return "\n".join(lines)
@@ -196,6 +227,8 @@ def main(argv=None):
                         help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate on the first N test images only (a smoke run; default: all 10,000)")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: also average each "
+                        "image's probabilities with its mirror's (test_accuracy_tta; Δt stays the plain pass)")
     args = parser.parse_args(argv)
     try:
         if args.batch_size < 1:
@@ -208,7 +241,7 @@ def main(argv=None):
         print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
         all_metrics = []
         for run_dir in args.run_dirs:
-            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False)
+            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False, tta=args.tta)
             print(format_report(metrics))
             written = write_metrics(run_dir, metrics)
             print(f"  wrote {written}\n" if written else f"  kept {os.path.join(run_dir, rundir.METRICS_FILE)}: "

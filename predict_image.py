@@ -128,19 +128,28 @@ def load_run(run_dir):
     return model, stats, rundir.model_name(run_dir)
 
 
-def classify(model, stats, images):
-    """Softmax probabilities (N, 10) for uint8 images (N, 32, 32, 3), standardized with `stats`."""
+def classify(model, stats, images, tta=False):
+    """Softmax probabilities (N, 10) for uint8 images (N, 32, 32, 3), standardized with `stats`.
+
+    With `tta`, the average of the probabilities of each image and of its mirror, as
+    evaluate.py --tta computes them.
+    """
     import keras
-    outputs = model(data.standardize(np.stack(images), stats), training=False)
-    return np.asarray(keras.ops.convert_to_numpy(outputs), dtype=np.float64)
+
+    import evaluate
+    x = data.standardize(np.stack(images), stats)
+    views = (x, evaluate.mirrored(x)) if tta else (x,)
+    outputs = [np.asarray(keras.ops.convert_to_numpy(model(view, training=False)), dtype=np.float64)
+               for view in views]
+    return sum(outputs) / len(outputs)
 
 
-def predict_files(run_dir, paths, top=DEFAULT_TOP, fit="squash"):
+def predict_files(run_dir, paths, top=DEFAULT_TOP, fit="squash", tta=False):
     """Classify image files with a run: (model name, one result dict per path, in order).
 
     A readable image gives {"file", "predicted", "top": [{"class", "probability"}, ...],
     "probabilities": {class: p}, "thumbnail": PIL image}; an unreadable one gives
-    {"file", "error": reason}.
+    {"file", "error": reason}. `tta` averages each image with its mirror (see classify).
     """
     model, stats, name = load_run(run_dir)
     results, images = [], []
@@ -153,7 +162,7 @@ def predict_files(run_dir, paths, top=DEFAULT_TOP, fit="squash"):
         images.append(pixels)
         results.append({"file": path, "thumbnail": thumbnail})
     if images:
-        probabilities = iter(classify(model, stats, images))
+        probabilities = iter(classify(model, stats, images, tta))
         for result in results:
             if "error" in result:
                 continue
@@ -211,6 +220,8 @@ def main(argv=None):
     parser.add_argument("--fit", choices=FIT_MODES, default="squash",
                         help="non-square images: squash the whole image to 32x32 (default) or crop "
                         "the centre square first")
+    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each "
+                        "image's probabilities with its mirror's, as evaluate.py --tta")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--save-figure", metavar="PATH",
                         help="also draw each photo with its prediction and probabilities (.png, .pdf or .svg)")
@@ -223,7 +234,7 @@ def main(argv=None):
             extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")
             if extension not in plots.FORMATS:
                 raise UserError(f"--save-figure {args.save_figure}: use a .png, .pdf or .svg name")
-        model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit)
+        model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit, args.tta)
         failed = [result for result in results if "error" in result]
         for result in failed:
             print(f"predict_image.py: {format_result(result)}", file=sys.stderr)

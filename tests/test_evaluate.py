@@ -119,3 +119,31 @@ def test_smoke_run_never_replaces_a_larger_evaluation(vgg16_run, tmp_path):
     rundir.write_json(path, ["not", "metrics"])
     evaluate.evaluate_run(run, x_test[:20], y_test[:20], batch_size=30)
     assert json.load(open(path))["test_images"] == 20  # an unusable file is replaced
+
+
+def test_tta_averages_each_image_with_its_mirror(vgg16_run, tmp_path, cifar_dir, capsys):
+    import keras
+    run = copy_run(vgg16_run, tmp_path / "run")
+    x_test, y_test = make_images(96, seed=5)
+    metrics = evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta=True)
+
+    model = keras.saving.load_model(os.path.join(run, rundir.MODEL_FILE))
+    stats = data.load_stats(os.path.join(run, rundir.STATS_FILE))
+    x = data.standardize(x_test, stats)
+    plain = model.predict(x, batch_size=32, verbose=0)
+    mirror = model.predict(x[:, :, ::-1, :], batch_size=32, verbose=0)
+    # The mirror is a different view: TTA must differ from predicting the image twice.
+    assert np.abs(plain - mirror).max() > 1e-3
+    averaged = (plain + mirror) / 2
+    assert metrics["test_accuracy_tta"] == pytest.approx(np.mean(averaged.argmax(axis=1) == y_test))
+    assert metrics["test_loss_tta"] == pytest.approx(
+        -np.mean(np.log(np.clip(averaged[np.arange(96), y_test], 1e-7, 1))), rel=1e-4)
+    assert metrics["test_accuracy"] == pytest.approx(np.mean(plain.argmax(axis=1) == y_test))
+    assert json.load(open(os.path.join(run, rundir.METRICS_FILE)))["test_accuracy_tta"] == metrics["test_accuracy_tta"]
+
+    assert evaluate.main([run, "--data-dir", cifar_dir, "--limit", "100", "--tta"]) == 0
+    out = capsys.readouterr().out
+    assert "with TTA (image + mirror)" in out and "TTA %" in out
+    written = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
+    line = next(line for line in out.splitlines() if line.startswith("Scratch VGG16"))
+    assert f"{100 * written['test_accuracy_tta']:.1f}" == line.split()[-3]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data
 import predict_image
 import rundir
 from run_fixtures import copy_run, trained_run
@@ -176,3 +177,20 @@ def test_run_folder_without_model_or_stats(vgg16_run, tmp_path, capsys, remove):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("predict_image.py: error: ") and remove in err and len(err.strip().splitlines()) == 1
+
+
+def test_tta_averages_the_photo_and_its_mirror(vgg16_run, tmp_path, capsys):
+    image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8))
+    image.save(tmp_path / "photo.png")
+    image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirror.png")
+    path, mirror = str(tmp_path / "photo.png"), str(tmp_path / "mirror.png")
+
+    def probabilities(*options):
+        assert predict_image.main([vgg16_run, path, mirror, "--json", *options]) == 0
+        results = json.loads(capsys.readouterr().out)["results"]
+        return [np.array([r["probabilities"][name] for name in data.CLASS_NAMES]) for r in results]
+    plain, flipped = probabilities()
+    assert np.abs(plain - flipped).max() > 1e-4  # the two views really differ
+    with_tta, mirror_tta = probabilities("--tta")
+    np.testing.assert_allclose(with_tta, (plain + flipped) / 2, atol=1e-5)
+    np.testing.assert_allclose(mirror_tta, with_tta, atol=1e-5)  # a photo and its mirror agree under TTA

@@ -4,7 +4,9 @@
 
 Writes, as PNG (or `--format pdf|svg`):
     OUT/accuracy.png       training and validation accuracy per epoch, every run on one
-                           figure, learning-rate reductions marked (Figures 5 and 7)
+                           figure, learning-rate reductions marked (Figures 5 and 7); for a
+                           run on a continuous schedule (--recipe fast's cosine) its
+                           learning rate per epoch instead, on a right-hand axis
     OUT/loss.png           the same for the loss (Figure 6)
     OUT/cifar10_first48.png  the first 48 training images with their classes (Figure 1),
                            with --data-dir only
@@ -77,6 +79,16 @@ def run_label(run_dir):
     return folder if model == folder else f"{model} ({folder})"
 
 
+def run_schedule(run_dir):
+    """The run's learning-rate schedule from config.json: "plateau" (cuts) or "cosine" (continuous)."""
+    path = os.path.join(run_dir, rundir.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return "plateau"
+    config = rundir.read_json(path, "the run's configuration")
+    settings = config.get("settings") if isinstance(config, dict) else None
+    return str((settings or {}).get("schedule") or "plateau")
+
+
 def lr_reductions(history):
     """Epochs (1-based, as in history["epoch"]) whose learning rate is below the previous epoch's."""
     rates = history.get("learning_rate") or []
@@ -87,16 +99,20 @@ def lr_reductions(history):
 # --- Figures -------------------------------------------------------------------------
 
 def plot_curves(runs, metric, path):
-    """Training (solid) and validation (dashed) `metric` per epoch for every run, LR cuts as dotted lines.
+    """Training (solid) and validation (dashed) `metric` per epoch for every run, and its schedule.
 
-    `runs` is a list of (label, history); `metric` is "accuracy" (shown in %) or "loss".
+    `runs` is a list of (label, history, schedule); `metric` is "accuracy" (shown in %)
+    or "loss". A "plateau" run's learning-rate cuts are dotted vertical lines; a run on
+    a continuous schedule ("cosine") changes its rate every step, so its learning rate
+    per epoch is drawn instead (dash-dot, on a right-hand axis).
     """
     plt = pyplot()
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
     scale = 100 if metric == "accuracy" else 1
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     any_reduction = False
-    for index, (label, history) in enumerate(runs):
+    rate_axes = None
+    for index, (label, history, schedule) in enumerate(runs):
         colour = colours[index % len(colours)]
         epochs = history["epoch"]
         # Markers as well as lines, so a run of one or two epochs is still visible.
@@ -105,6 +121,15 @@ def plot_curves(runs, metric, path):
         if f"val_{metric}" in history:
             axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--s", markersize=3,
                       color=colour, label=f"{label} validation")
+        rates = history.get("learning_rate") or []
+        if schedule != "plateau" and rates and None not in rates:
+            if rate_axes is None:
+                rate_axes = axes.twinx()
+                rate_axes.set_ylabel("Learning rate (at each epoch's first step)")
+            # On the main axes' legend: an empty line there carries the label.
+            rate_axes.plot(epochs, rates, "-.", linewidth=1.2, color=colour)
+            axes.plot([], [], "-.", linewidth=1.2, color=colour, label=f"{label} learning rate (right axis)")
+            continue
         # The rate is cut at the end of an epoch: mark the boundary before the first slower epoch.
         for epoch in lr_reductions(history):
             axes.axvline(epoch - 0.5, color=colour, linestyle=":", linewidth=1.5)
@@ -169,7 +194,7 @@ def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
         rundir.check_run_dir(run_dir)
         runs.append((run_dir, run_label(run_dir), read_history(run_dir)))
     written = []
-    curves = [(label, history) for _, label, history in runs]
+    curves = [(label, history, run_schedule(run_dir)) for run_dir, label, history in runs]
     written.append(plot_curves(curves, "accuracy", os.path.join(out, f"accuracy.{fmt}")))
     written.append(plot_curves(curves, "loss", os.path.join(out, f"loss.{fmt}")))
     for run_dir, label, _ in runs:

@@ -58,7 +58,7 @@ def test_png_figures_for_several_runs(runs, tmp_path, capsys):
 def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):
     # Draw into a figure we can inspect: one solid and one dashed line per run, one LR marker each.
     vgg16, alexnet = runs
-    curves = [(plots.run_label(run), plots.read_history(run)) for run in runs]
+    curves = [(plots.run_label(run), plots.read_history(run), plots.run_schedule(run)) for run in runs]
     plt = plots.pyplot()
     captured = {}
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
@@ -111,3 +111,31 @@ def test_run_without_history_is_one_line(runs, tmp_path, capsys):
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
     assert err.startswith("plots.py: error: ") and "history.json" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_continuous_schedule_is_drawn_as_a_learning_rate_curve(runs, tmp_path, monkeypatch):
+    vgg16, alexnet = runs
+    history = plots.read_history(vgg16)
+    rates = [0.02, 0.1, 0.06, 0.0]  # a warm-up and a cosine, per epoch
+    cosine = {key: (value + value[-1:])[:4] if isinstance(value, list) else value for key, value in history.items()}
+    cosine.update(epoch=[1, 2, 3, 4], learning_rate=rates)
+    plt = plots.pyplot()
+    captured = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
+    plots.plot_curves([("fast", cosine, "cosine"), ("paper", history, "plateau")], "loss", str(tmp_path / "l.png"))
+    main_axes, rate_axes = captured["figure"].axes
+    assert list(rate_axes.lines[0].get_ydata()) == rates and list(rate_axes.lines[0].get_xdata()) == [1, 2, 3, 4]
+    assert "Learning rate" in rate_axes.get_ylabel()
+    labels = [text.get_text() for text in main_axes.get_legend().get_texts()]
+    assert "fast learning rate (right axis)" in labels and "learning rate reduced" in labels
+    # The cosine run's falling rate is not mistaken for plateau cuts: only the paper run has markers.
+    drops = [line for line in main_axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
+    assert len(drops) == len(plots.lr_reductions(history))
+    plt.close(captured["figure"])
+
+
+def test_run_schedule_reads_config(runs, tmp_path):
+    vgg16, _ = runs
+    assert plots.run_schedule(vgg16) == "plateau"  # the fixture's settings name no schedule
+    rundir.write_json(str(tmp_path / rundir.CONFIG_FILE), {"model": "vgg16", "settings": {"schedule": "cosine"}})
+    assert plots.run_schedule(str(tmp_path)) == "cosine"

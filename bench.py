@@ -44,10 +44,14 @@ STEPS_PER_EXECUTION = 1  # train steps a graph call; 8 measured no faster here (
 SLOW_MIXED_IMAGES = 320
 DEFAULT_OUT = "bench.json"
 
-PIPELINES = (  # (name, precision), in the order measured; the first is the baseline
-    ("paper", "float32"),
-    ("fast", "float32"),
-    ("fast", "mixed"),
+FAST_BATCH_SIZE = train.RECIPES["fast"]["batch_size"]  # the fast recipe's batch, from its declaration
+PIPELINES = (  # (name, precision, batch size), in the order measured; the first is the baseline
+    ("paper", "float32", BATCH_SIZE),
+    ("fast", "float32", BATCH_SIZE),
+    ("fast", "mixed", BATCH_SIZE),
+    # --recipe fast's input pipeline and optimizer, at the paper's batch and at its own.
+    ("crop", "float32", BATCH_SIZE),
+    ("crop", "float32", FAST_BATCH_SIZE),
 )
 PREDICT_PRECISIONS = ("float32", "mixed")
 
@@ -66,11 +70,11 @@ class _EpochTimer(keras.callbacks.Callback):
         self.seconds.append(time.perf_counter() - self._start)
 
 
-def _compiled_model(name, steps_per_execution=1, steps_per_epoch=1):
-    """A fresh model compiled as train.py compiles the paper's protocol (train.Settings' defaults)."""
+def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
+    """A fresh model compiled as train.py compiles `recipe` (its optimizer, schedule and loss)."""
     model = models.build_model(name, weights=None)
-    train.compile_model(model, dataclasses.replace(train.Settings(), steps_per_execution=steps_per_execution),
-                        steps_per_epoch)
+    settings = dataclasses.replace(train.recipe_settings(recipe), steps_per_execution=steps_per_execution)
+    train.compile_model(model, settings, steps_per_epoch)
     return model
 
 
@@ -80,8 +84,9 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
 
     Args:
         name: a models.MODELS key.
-        pipeline: "paper" (ImageDataGenerator.flow + model.fit, as the report ran it)
-            or "fast" (augment.make_dataset).
+        pipeline: "paper" (ImageDataGenerator.flow + model.fit, as the report ran it),
+            "fast" (augment.make_dataset, the same transforms) or "crop" (--recipe fast:
+            the pad-and-crop pipeline and the recipe's optimizer).
         precision: "float32" or "mixed"; the global policy is set for this
             measurement only and put back to float32 afterwards.
         x_train, y_train: uint8 images (N, 32, 32, 3) and one-hot labels; every epoch
@@ -99,12 +104,14 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
             model = _compiled_model(name)
             inputs = data.paper_generator().flow(data.standardize(x_train, stats), y_train,
                                                  batch_size=batch_size, seed=seed)
-        elif pipeline == "fast":
-            model = _compiled_model(name, steps_per_execution)
-            inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment="paper",
+        elif pipeline in ("fast", "crop"):
+            recipe = "fast" if pipeline == "crop" else "paper"
+            model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
+            inputs = augment.make_dataset(x_train, y_train, stats, batch_size,
+                                          augment="paper" if pipeline == "fast" else "crop",
                                           shuffle=True, seed=seed)
         else:
-            raise ValueError(f"unknown pipeline '{pipeline}'; choose paper or fast")
+            raise ValueError(f"unknown pipeline '{pipeline}'; choose paper, fast or crop")
         timer = _EpochTimer()
         # The dataset shuffles itself (and the paper's flow() does too): fit must not try.
         model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0, shuffle=False)
@@ -158,15 +165,16 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
     }
     for name in model_names:
         baseline = None
-        for pipeline, precision in PIPELINES:
+        for pipeline, precision, batch_size in PIPELINES:
             count = images_for(precision, len(x_train))
-            rates = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats, repeats)
+            rates = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats, repeats,
+                                     batch_size=batch_size)
             median = statistics.median(rates)
             baseline = baseline or median
             report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
-                                       "images_per_second": median, "ratio_to_paper": median / baseline,
+                                       "batch_size": batch_size, "images_per_second": median, "ratio_to_paper": median / baseline,
                                        "images": count, "runs": rates})
-            log(f"{name:<17} train    {pipeline:<6} {precision:<8} {median:8.0f} images/s  "
+            log(f"{name:<17} train    {pipeline:<6} {precision:<8} batch {batch_size:<4} {median:8.0f} images/s  "
                 f"{median / baseline:5.2f}x the paper's pipeline" + (f"  ({count} images)" if count < len(x_train) else ""))
         for precision in PREDICT_PRECISIONS:
             count = images_for(precision, len(x_test))

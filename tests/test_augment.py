@@ -265,7 +265,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
 
     def tiny_model(name, weights=None):
         # Tracing a real network costs 6-10 s a measurement here; a tiny one keeps the
-        # whole command (five measurements) to a few seconds. test_models covers the real ones.
+        # whole command (seven measurements) to a few seconds. test_models covers the real ones.
         inputs = keras.Input((32, 32, 3))
         x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
         return keras.Model(inputs, layers.Dense(10, activation="softmax", dtype="float32")(x), name=name)
@@ -276,8 +276,8 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
                        "--test-images", "64", "--repeats", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["settings"]["train_images"] == 64 and report["device"] and report["cpu"]
-    assert [(r["pipeline"], r["precision"]) for r in report["training"]] == list(bench.PIPELINES)
-    assert report["training"][0]["ratio_to_paper"] == 1.0
+    assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == list(bench.PIPELINES)
+    assert [r["batch_size"] for r in report["training"]] == [64, 64, 64, 64, 256]
     assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in report["training"])
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
     assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])

@@ -2,7 +2,8 @@
 
 A run folder (default `runs/<model>/`) is self-sufficient:
 
-    model.keras    the best model by val_loss, loadable by keras.saving.load_model alone
+    model.keras    the best model by val_loss (or, on a cosine schedule, the last epoch),
+                   loadable by keras.saving.load_model alone
     stats.json     the standardization statistics the model was trained with
     config.json    every resolved setting, data source, versions, device
     history.json   per-epoch metrics, learning rate and seconds
@@ -75,6 +76,54 @@ def atomic_path(path):
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+LOCK_FILE = ".lock"  # in a run folder: locked by the train.py that is writing it
+
+
+class RunLock:
+    """An exclusive lock on a run folder for the life of one train.py.
+
+    The operating system holds it for the process (fcntl.flock on POSIX, msvcrt.locking on
+    Windows), so a process that dies for any reason, SIGKILL included, leaves nothing that
+    blocks a later --resume: the file may stay, the lock does not.
+    """
+
+    def __init__(self, run_dir):
+        self.run_dir = run_dir
+        self.path = os.path.join(run_dir, LOCK_FILE)
+        self.handle = None
+
+    def acquire(self):
+        """Take the lock, or raise UserError naming the folder (and the holder's pid) if in use."""
+        handle = open(self.path, "a+")
+        try:
+            if os.name == "nt":
+                import msvcrt
+                handle.seek(0)
+                msvcrt.locking(handle.fileno(), msvcrt.LK_NBLCK, 1)
+            else:
+                import fcntl
+                fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            raise UserError(f"run folder '{self.run_dir}' is in use by another train.py"
+                            + (f" (pid {holder})" if holder.isdigit() else "")
+                            + "; wait for it to finish or choose another --run-dir") from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        self.handle = handle
+        return self
+
+    def release(self):
+        """Let the lock go (closing the file does it); the file stays, harmlessly."""
+        if self.handle is not None:
+            self.handle.close()
+            self.handle = None
 
 
 def write_json(path, obj):

@@ -41,7 +41,7 @@ def check_run_folder(run_dir, model_name, epochs, best_is_lowest=True):
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     assert stats["pixels"] == config["split"]["train"] * 32 * 32 * 3
     assert not os.path.exists(os.path.join(run_dir, train.CHECKPOINT_DIR))  # removed once complete
-    assert not [name for name in os.listdir(run_dir) if name.startswith(".")]  # no temporaries
+    assert not [name for name in os.listdir(run_dir) if name.startswith(".") and name != rundir.LOCK_FILE]  # no temporaries
     model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
     images = data.standardize(np.zeros((2, 32, 32, 3), np.uint8), stats)
     probabilities = model.predict(images, verbose=0)
@@ -238,7 +238,7 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     (["vgg16", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe paper)"),
     (["vgg16", "--recipe", "fast", "--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
     (["vgg16", "--recipe", "fast", "--dropout-scale", "2"], "makes a dropout rate of 1"),
-    (["vgg16", "--recipe", "fast", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.002"),
+    (["vgg16", "--recipe", "fast", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.004"),
     (["vgg16", "--recipe", "fast", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe fast)"),
 ])
 def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_dir, capsys):
@@ -297,3 +297,43 @@ def test_eta_line_tells_the_whole_runs_duration():
     assert "epoch 1 took 10.0 min" in line and "300 epochs take 2.1 days in all" in line
     assert "the 299 left about 2.1 days" in line and "sooner if early stopping ends it" in line
     assert "sooner" not in train.eta_line(30.0, 1, 10)
+
+
+def test_a_run_folder_in_use_is_refused_even_with_resume_or_overwrite(vgg16_run, cifar_dir, tmp_path, capsys):
+    """While a live train.py holds a run folder (here: this test holds its lock, as that process
+    would), a second writer gets one line and touches nothing, --resume and --overwrite included."""
+    import shutil
+    live_dir = str(tmp_path / "live")
+    shutil.copytree(vgg16_run, live_dir)
+    config = read(live_dir, rundir.CONFIG_FILE)
+    rundir.write_json(os.path.join(live_dir, rundir.CONFIG_FILE), dict(config, status="running"))  # mid-run
+    before = {name: open(os.path.join(live_dir, name), "rb").read() for name in os.listdir(live_dir)}
+    live = rundir.RunLock(live_dir).acquire()
+    try:
+        in_use = f"run folder '{live_dir}' is in use by another train.py (pid {os.getpid()})"
+        expect_exit_2(capsys, ["vgg16", "--data-dir", cifar_dir, "--run-dir", live_dir, *SMALL, "--overwrite"],
+                      in_use)
+        expect_exit_2(capsys, ["vgg16", "--run-dir", live_dir, "--resume"], in_use)
+        fresh = str(tmp_path / "fresh")
+        os.makedirs(fresh)
+        held = rundir.RunLock(fresh).acquire()
+        expect_exit_2(capsys, ["alexnet", "--data-dir", cifar_dir, "--run-dir", fresh, *SMALL], "is in use")
+        held.release()
+        assert {name: open(os.path.join(live_dir, name), "rb").read() for name in os.listdir(live_dir)} == before
+    finally:
+        live.release()
+    # Released (as a process's end releases it), the folder is usable again.
+    rundir.RunLock(live_dir).acquire().release()
+
+
+def test_weight_decay_shrinks_kernels_only():
+    import models
+    settings = train.dataclasses.replace(train.recipe_settings("fast"), warmup_fraction=0.0)
+    model = models.build_model("vgg16")
+    optimizer = train.make_optimizer(settings, steps_per_epoch=10)
+    before = {v.path: np.array(v) for v in model.trainable_variables}
+    optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in model.trainable_variables])
+    factor = 1 - settings.learning_rate * settings.weight_decay  # Adam's own step is 0 on zero gradients
+    for variable in model.trainable_variables:
+        expected = before[variable.path] * (factor if variable.name == "kernel" else 1)
+        np.testing.assert_allclose(np.array(variable), expected, rtol=1e-6, err_msg=variable.path)

@@ -6,7 +6,7 @@ import re
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-SCRIPTS = ["data", "models", "train", "evaluate", "predict_image", "plots", "bench"]
+SCRIPTS = ["data", "models", "train", "evaluate", "predict_image", "plots", "bench", "results"]
 
 
 def read(name):

@@ -113,6 +113,15 @@ def read_run(run_dir):
     return rundir.model_name(run_dir), stats
 
 
+def still_training(run_dir):
+    """Whether config.json says the run is not complete (a live or an interrupted train.py)."""
+    path = os.path.join(run_dir, rundir.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return False
+    config = rundir.read_json(path, "the run's configuration")
+    return isinstance(config, dict) and config.get("status") == "running"
+
+
 def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True, tta=False):
     """Evaluate one run folder on uint8 test images and integer labels; return the metrics.
 
@@ -237,6 +246,9 @@ def main(argv=None):
             raise UserError(f"--limit must be at least 1, received {args.limit}")
         for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
             read_run(run_dir)
+            if still_training(run_dir):
+                print(f"evaluate.py: note: {run_dir}: the run is still training or was interrupted (config.json "
+                      "says running); its model.keras is the one of an epoch before the end", file=sys.stderr)
         x_test, y_test = load_test_set(args.data_dir, args.limit)
         print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
         all_metrics = []

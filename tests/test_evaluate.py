@@ -147,3 +147,14 @@ def test_tta_averages_each_image_with_its_mirror(vgg16_run, tmp_path, cifar_dir,
     written = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
     line = next(line for line in out.splitlines() if line.startswith("Scratch VGG16"))
     assert f"{100 * written['test_accuracy_tta']:.1f}" == line.split()[-3]
+
+
+def test_a_run_still_training_is_evaluated_with_a_note(vgg16_run, tmp_path, cifar_dir, capsys):
+    run = copy_run(vgg16_run, tmp_path / "run")
+    assert evaluate.main([run, "--data-dir", cifar_dir, "--limit", "50"]) == 0
+    assert "still training" not in capsys.readouterr().err  # the fixture's run is complete
+    config = json.load(open(os.path.join(run, rundir.CONFIG_FILE)))
+    rundir.write_json(os.path.join(run, rundir.CONFIG_FILE), dict(config, status="running"))
+    assert evaluate.main([run, "--data-dir", cifar_dir, "--limit", "50"]) == 0
+    err = capsys.readouterr().err
+    assert f"note: {run}: the run is still training or was interrupted" in err

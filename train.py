@@ -10,7 +10,7 @@ categorical cross-entropy, batch 64, up to 300 epochs, ReduceLROnPlateau and
 EarlyStopping on val_loss, the 45,000-image split standardized and augmented by the
 paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
 default (the paper augmented them too; --augment-validation reproduces that). RECIPES
-names other sets of defaults: `fast` reaches the paper's accuracy in a tenth of its epochs.
+names other sets of defaults: `fast` trains in a tenth of the paper's epochs (README, Results).
 
 Resume: after every epoch the run folder's checkpoint/ gets the model with its
 optimizer state (checkpoint/epoch_NNNN.keras) and then, as the commit, state.json with
@@ -144,9 +144,9 @@ class Settings:
 RECIPES = {
     # The report's protocol, exactly as Settings declares it.
     "paper": {},
-    # The report's networks (same parameter counts) to its accuracy in a tenth of its
-    # epochs: the short-schedule ingredients of He et al. 2016, Page's ResNet-9 (DAWNBench)
-    # and airbench94, measured here (README, results/).
+    # The report's networks (same parameter counts) in a tenth of its epochs: the
+    # short-schedule ingredients of He et al. 2016, Page's ResNet-9 (DAWNBench) and
+    # airbench94, chosen by the pilots in results/pilots/ and measured in results/.
     "fast": {
         "epochs": 30,  # a tenth of the paper's 300; the schedule stretches to whatever --epochs says
         "batch_size": 256,  # 4x the paper's: fewer, larger steps (faster on GPUs; see README for CPUs)

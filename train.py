@@ -814,7 +814,7 @@ def _print_summary(model_name, history, config, run_dir, log):
     best = config["best_epoch"] - 1
     seconds = config["train_seconds"]
     reason = ("early stopping" if epochs < config["settings"]["epochs"] else "epoch limit")
-    which = "best epoch" if config.get("model_epoch", "best by val_loss") != "last" else "model.keras: last epoch"
+    which = "model.keras: last epoch" if config.get("model_epoch") == "last" else "best epoch"
     log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s "
         f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} "
         f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "

@@ -28,7 +28,7 @@ VGG16_FILTERS = (32, 64, 128, 256)  # Figure 2: two 3x3 convolutions a block
 ALEXNET_DROPOUT_RATES = (0.5, 0.5)  # after fc1 and fc2
 PRETRAINED_DROPOUT_RATE = 0.5  # between fc1 and the classifier
 BN_MOMENTUM = 0.99  # BatchNormalization's moving-average momentum: Keras' default, which the report kept
-PRETRAINED_SIZE = (224, 224)  # the report: "resize the initial input images", ImageNet's size
+PRETRAINED_IMAGE_SIZE = 224  # the report: "resize the initial input images", ImageNet's size
 VGG16_NOTOP_FILE = "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5"  # Keras' ImageNet weights
 
 
@@ -116,36 +116,69 @@ def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rate
     return keras.Model(inputs, _classifier(x, num_classes), name="alexnet")
 
 
+PREPROCESSINGS = ("standardize", "imagenet")
+VGG16_BASE_BLOCKS = ("block1", "block2", "block3", "block4", "block5")  # keras.applications.VGG16's
+
+
+@keras.saving.register_keras_serializable(package="cifar10")
+class ImageNetPreprocessing(layers.Layer):
+    """keras.applications.vgg16.preprocess_input as a layer: 0-255 RGB in, ImageNet's input out.
+
+    RGB to BGR, then ImageNet's channel means subtracted, no scaling ("caffe" mode), which
+    is what Keras' ImageNet VGG16 weights expect. A registered layer (not a Lambda, which
+    keras.saving.load_model refuses in safe mode) with no weights: the means are constants
+    of the Keras function, so the model's parameter count is unchanged.
+    """
+
+    def call(self, inputs):
+        return keras.applications.vgg16.preprocess_input(keras.ops.cast(inputs, self.compute_dtype))
+
+
 def build_vgg16_pretrained(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, weights="imagenet",
-                           dropout_rate=PRETRAINED_DROPOUT_RATE):
+                           dropout_rate=PRETRAINED_DROPOUT_RATE, image_size=PRETRAINED_IMAGE_SIZE,
+                           preprocessing="standardize"):
     """ImageNet VGG16, frozen, under the report's Flatten-Dense-Dropout-Dense head.
 
     Inputs are resized to 224x224 inside the model (the report found that without it
     training stayed at 10 %). Figure 4: 27,565,386 parameters, 14,714,688 of them the
-    frozen base. Like the report, it takes the standardized images of data.py, not
-    ImageNet's own preprocessing.
+    frozen base. With preprocessing="standardize" it takes the standardized images of
+    data.py, as the report did (not what ImageNet weights expect); with "imagenet" it
+    takes 0-255 pixels and applies ImageNet's own preprocessing inside the model
+    (ImageNetPreprocessing, no parameters), so model.keras needs nothing else.
 
     Reference: Gomez Cruz 2025, section 4 (model "A" of Figure 7); Simonyan & Zisserman 2015.
 
     Args:
-        input_shape: standardized images, (32, 32, 3) for CIFAR-10.
+        input_shape: 32x32x3 images: standardized, or 0-255 pixels with "imagenet".
         num_classes: size of the softmax output.
-        weights: "imagenet" (Keras' download or its cache), a path to a local
-            `.h5`/`.weights.h5` file of the VGG16 base without its top, or None for
-            random weights.
+        weights: "imagenet" (Keras downloads and verifies it, or reads its cache), a
+            path to a local `.h5`/`.weights.h5` file of the VGG16 base without its top,
+            or None for random weights.
         dropout_rate: between fc1 and the classifier (the report gives none).
+        image_size: the side images are resized to before the base (the report: 224;
+            at least 32, the base's five 2x2 pools).
+        preprocessing: "standardize" (the report's) or "imagenet" (in the model).
 
     Returns:
-        An uncompiled `keras.Model` named "vgg16_pretrained".
+        An uncompiled `keras.Model` named "vgg16_pretrained"; its base is the nested
+        model "vgg16", frozen.
 
     Raises:
-        WeightsError: ImageNet weights cannot be downloaded, or the file is missing.
+        WeightsError: ImageNet weights cannot be downloaded, or the file is missing,
+            not HDF5, damaged or for another architecture.
     """
-    base = keras.applications.VGG16(include_top=False, weights=_resolve_weights(weights),
-                                    input_shape=PRETRAINED_SIZE + (input_shape[-1],))
+    if preprocessing not in PREPROCESSINGS:
+        raise ValueError(f"unknown preprocessing '{preprocessing}'; choose one of {', '.join(PREPROCESSINGS)}")
+    if not isinstance(image_size, int) or image_size < 32:
+        raise ValueError(f"image_size must be an integer >= 32 (the base halves it five times), "
+                         f"received {image_size!r}")
+    base = _vgg16_base(weights, (image_size, image_size, input_shape[-1]))
     base.trainable = False  # the report froze every pretrained layer
     inputs = keras.Input(shape=input_shape, name="image")
-    x = layers.Resizing(*PRETRAINED_SIZE, name="resizing")(inputs)
+    x = inputs
+    if preprocessing == "imagenet":
+        x = ImageNetPreprocessing(name="imagenet_preprocessing")(x)
+    x = layers.Resizing(image_size, image_size, name="resizing")(x)
     x = base(x, training=False)  # keep the frozen base in inference mode
     x = layers.Flatten(name="flatten")(x)
     x = layers.Dense(512, activation="relu", name="fc1")(x)
@@ -153,29 +186,75 @@ def build_vgg16_pretrained(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, wei
     return keras.Model(inputs, _classifier(x, num_classes), name="vgg16_pretrained")
 
 
-def _resolve_weights(weights):
-    """Turn "imagenet" | None | "none" | PATH into what keras.applications.VGG16 takes."""
-    if weights is None or str(weights).lower() == "none":
-        return None
-    if weights != "imagenet":
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
+
+
+def _vgg16_base(weights, input_shape):
+    """keras.applications.VGG16 without its top; its errors become one-line WeightsErrors.
+
+    Keras fetches and verifies (md5) the ImageNet file itself, into ~/.keras/models/.
+    """
+    if weights is not None and str(weights).lower() == "none":
+        weights = None
+    path = None
+    if weights not in (None, "imagenet"):
         path = os.path.expanduser(str(weights))
         if not os.path.isfile(path):
             raise WeightsError(f"weights file '{weights}' does not exist")
-        return path
-    cached = os.path.join(os.path.expanduser(os.environ.get("KERAS_HOME", "~/.keras")), "models",
-                          VGG16_NOTOP_FILE)
-    if os.path.isfile(cached):
-        return cached
+        with open(path, "rb") as handle:
+            if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
+                raise WeightsError(f"weights file '{weights}' is not an HDF5 file (Keras' VGG16 notop "
+                                   f"{VGG16_NOTOP_FILE} or a .weights.h5)")
     try:
-        return keras.utils.get_file(
-            VGG16_NOTOP_FILE, "https://storage.googleapis.com/tensorflow/keras-applications/vgg16/"
-            + VGG16_NOTOP_FILE, cache_subdir="models", file_hash="6d6bbae143d832006294945121d1f1fc")
-    except Exception as error:  # get_file wraps urllib's errors in a bare Exception
+        return keras.applications.VGG16(include_top=False, weights=path or weights, input_shape=input_shape)
+    except Exception as error:  # Keras raises bare Exception (download), OSError (h5py), ValueError
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise WeightsError(
-            f"could not download the ImageNet VGG16 weights ({reason}); offline, fetch "
-            f"{VGG16_NOTOP_FILE} on a machine with network and pass its path with --weights PATH, "
-            "or --weights none for random weights") from None
+        if path is None:
+            raise WeightsError(
+                f"could not download the ImageNet VGG16 weights ({reason}); offline, fetch "
+                f"{VGG16_NOTOP_FILE} on a machine with network and pass its path with --weights PATH, "
+                "or --weights none for random weights") from None
+        if isinstance(error, OSError) or "truncated" in reason.lower():
+            raise WeightsError(f"weights file '{weights}' is truncated or damaged ({reason})") from None
+        raise WeightsError(f"weights file '{weights}' does not hold the weights of a VGG16 base without "
+                           f"its top ({reason})") from None
+
+
+def feature_extractor(model):
+    """The frozen part of a vgg16_pretrained model (input to the base's output), sharing its layers."""
+    return keras.Model(model.inputs, model.get_layer("flatten").input, name="vgg16_pretrained_features")
+
+
+def head_model(model):
+    """The trainable head of a vgg16_pretrained model (base output to softmax), sharing its layers.
+
+    Training it on feature_extractor(model)'s outputs trains `model` itself.
+    """
+    features = keras.Input(shape=model.get_layer("flatten").input.shape[1:], name="features")
+    x = features
+    for name in ("flatten", "fc1", "fc1_dropout", "predictions"):
+        x = model.get_layer(name)(x)
+    return keras.Model(features, x, name="vgg16_pretrained_head")
+
+
+def unfreeze(model, blocks):
+    """Make the base's layers in `blocks` ("block5", ...) trainable; return their names.
+
+    Keras' transfer-learning guide: set the base trainable, then freeze what stays frozen.
+    """
+    base = model.get_layer("vgg16")
+    known = sorted({layer.name.split("_")[0] for layer in base.layers if layer.name.startswith("block")})
+    unknown = [block for block in blocks if block not in known]
+    if unknown or not blocks:
+        raise UserError(f"cannot fine-tune block '{unknown[0] if unknown else ''}'; the base's blocks "
+                        f"are {', '.join(known)}")
+    base.trainable = True
+    opened = []
+    for layer in base.layers:
+        layer.trainable = layer.name.split("_")[0] in blocks
+        if layer.trainable and layer.weights:
+            opened.append(layer.name)
+    return opened
 
 
 MODELS = {
@@ -191,7 +270,8 @@ DROPOUT_RATES = {"vgg16": VGG16_DROPOUT_RATES, "alexnet": ALEXNET_DROPOUT_RATES,
 _DROPOUT_ARGUMENT = {"vgg16": "dropout_rates", "alexnet": "dropout_rates", "vgg16_pretrained": "dropout_rate"}
 
 
-def build_model(name, weights=None, dropout_scale=None, bn_momentum=None):
+def build_model(name, weights=None, dropout_scale=None, bn_momentum=None, image_size=None,
+                preprocessing=None):
     """Build a registry model by name.
 
     Args:
@@ -201,6 +281,8 @@ def build_model(name, weights=None, dropout_scale=None, bn_momentum=None):
             multiplied by (0 turns dropout off).
         bn_momentum: None for Keras' default, or BatchNormalization's momentum (the
             models trained from scratch; the pretrained base has no BatchNorm).
+        image_size, preprocessing: vgg16_pretrained's (see build_vgg16_pretrained); None
+            for the builder's defaults (the report's).
     """
     if name not in MODELS:
         raise ValueError(f"unknown model '{name}'; choose one of {', '.join(MODELS)}")
@@ -212,6 +294,8 @@ def build_model(name, weights=None, dropout_scale=None, bn_momentum=None):
         options["bn_momentum"] = bn_momentum
     if name == "vgg16_pretrained":
         options["weights"] = weights
+        options.update({key: value for key, value in (("image_size", image_size),
+                                                      ("preprocessing", preprocessing)) if value is not None})
     return MODELS[name](**options)
 
 

@@ -154,6 +154,8 @@ def save_model(model, path, **kwargs):
 def load_model(run_dir):
     """Load the run's model.keras; a missing or broken file is a UserError naming it."""
     import keras
+
+    import models  # noqa: F401 -- registers the custom layers a model.keras may hold
     path = os.path.join(run_dir, MODEL_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing (is '{run_dir}' a run folder made by train.py?)")

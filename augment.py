@@ -46,7 +46,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ star
 import numpy as np
 import tensorflow as tf
 
-from data import IMAGE_SHAPE, PAPER_AUGMENTATION
+from data import IMAGE_SHAPE, PAPER_AUGMENTATION, standardization
 
 # The paper's ranges, read from its one declaration in data.py (section 2.3).
 ROTATION_DEGREES = float(PAPER_AUGMENTATION["rotation_range"])  # angle ~ U(-15, 15) degrees
@@ -219,7 +219,7 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
     if augment is not None and augment not in AUGMENTERS:
         raise ValueError(f"unknown augment {augment!r}; choose None or one of {', '.join(AUGMENTERS)}")
-    mean, std = np.float32(stats["mean"]), np.float32(stats["std"])
+    mean, std = (np.float32(value) for value in standardization(stats))
     images_table, labels_table = tf.constant(images), tf.constant(labels)
 
     # Shuffle indices, not images: a cheap int64 shuffle, then one gather a batch.

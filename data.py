@@ -34,6 +34,7 @@ IMAGE_SHAPE = (32, 32, 3)
 PIXELS_PER_IMAGE = 32 * 32 * 3  # 3,072 bytes a record: R, G, B planes of 32x32
 OFFICIAL_COUNTS = {"train": 50_000, "test": 10_000}  # images in the official release
 DATA_DIR_ENV = "CIFAR10_DATA_DIR"  # environment variable read when no data_dir is given
+PIXEL_INPUT = "pixels"  # stats.json "input" of a run whose model preprocesses its own 0-255 input
 
 TRAIN_BATCHES = tuple(f"data_batch_{i}" for i in range(1, 6))
 TEST_BATCH = "test_batch"
@@ -302,10 +303,22 @@ def compute_stats(x_train):
             "pixels": int(x_train.size)}
 
 
+def standardization(stats):
+    """The (mean, std) a run's inputs are standardized with: its own, or (0, 1) for pixels.
+
+    A run whose model preprocesses its own input (vgg16_pretrained with ImageNet's
+    preprocessing inside) has "input": "pixels" in stats.json: it takes 0-255 pixels, and
+    the statistics are kept only as a record of the training images.
+    """
+    if stats.get("input") == PIXEL_INPUT:
+        return 0.0, 1.0
+    return stats["mean"], stats["std"]
+
+
 def standardize(x, stats):
-    """(x - mean) / std as float32, with the statistics of the training split."""
-    x = np.asarray(x, dtype=np.float32)
-    return (x - np.float32(stats["mean"])) / np.float32(stats["std"])
+    """(x - mean) / std as float32, with the statistics of the training split (see standardization)."""
+    mean, std = standardization(stats)
+    return (np.asarray(x, dtype=np.float32) - np.float32(mean)) / np.float32(std)
 
 
 def save_stats(stats, path):

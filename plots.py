@@ -6,7 +6,8 @@ Writes, as PNG (or `--format pdf|svg`):
     OUT/accuracy.png       training and validation accuracy per epoch, every run on one
                            figure, learning-rate reductions marked (Figures 5 and 7); for a
                            run on a continuous schedule (--recipe fast's cosine) its
-                           learning rate per epoch instead, on a right-hand axis
+                           learning rate per epoch instead, on a right-hand axis; a solid
+                           line where a vgg16_pretrained run's fine-tuning starts
     OUT/loss.png           the same for the loss (Figure 6)
     OUT/cifar10_first48.png  the first 48 training images with their classes (Figure 1),
                            with --data-dir only
@@ -90,10 +91,21 @@ def run_schedule(run_dir):
 
 
 def lr_reductions(history):
-    """Epochs (1-based, as in history["epoch"]) whose learning rate is below the previous epoch's."""
+    """Epochs (1-based, as in history["epoch"]) whose learning rate is below the previous epoch's.
+
+    The start of fine-tuning (a new optimizer, not a cut) is not one: see fine_tune_start.
+    """
     rates = history.get("learning_rate") or []
+    phases = history.get("phase") or [1] * len(rates)
     return [history["epoch"][i] for i in range(1, len(rates))
-            if rates[i] is not None and rates[i - 1] is not None and rates[i] < rates[i - 1]]
+            if rates[i] is not None and rates[i - 1] is not None and rates[i] < rates[i - 1]
+            and phases[i] == phases[i - 1]]
+
+
+def fine_tune_start(history):
+    """The first epoch (1-based) of vgg16_pretrained's fine-tuning phase, or None."""
+    phases = history.get("phase") or []
+    return next((history["epoch"][i] for i, phase in enumerate(phases) if phase == 2), None)
 
 
 # --- Figures -------------------------------------------------------------------------
@@ -104,13 +116,14 @@ def plot_curves(runs, metric, path):
     `runs` is a list of (label, history, schedule); `metric` is "accuracy" (shown in %)
     or "loss". A "plateau" run's learning-rate cuts are dotted vertical lines; a run on
     a continuous schedule ("cosine") changes its rate every step, so its learning rate
-    per epoch is drawn instead (dash-dot, on a right-hand axis).
+    per epoch is drawn instead (dash-dot, on a right-hand axis). Where fine-tuning starts
+    (history's phase 2), a solid vertical line.
     """
     plt = pyplot()
     figure, axes = plt.subplots(figsize=FIGURE_SIZE)
     scale = 100 if metric == "accuracy" else 1
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    any_reduction = False
+    any_reduction = any_fine_tune = False
     rate_axes = None
     for index, (label, history, schedule) in enumerate(runs):
         colour = colours[index % len(colours)]
@@ -121,6 +134,10 @@ def plot_curves(runs, metric, path):
         if f"val_{metric}" in history:
             axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--s", markersize=3,
                       color=colour, label=f"{label} validation")
+        start = fine_tune_start(history)
+        if start is not None:  # before the first fine-tuning epoch
+            axes.axvline(start - 0.5, color=colour, linestyle="-", linewidth=1.0, alpha=0.7)
+            any_fine_tune = True
         rates = history.get("learning_rate") or []
         if schedule != "plateau" and rates and None not in rates:
             if rate_axes is None:
@@ -136,6 +153,8 @@ def plot_curves(runs, metric, path):
             any_reduction = True
     if any_reduction:  # one neutral legend entry for the markers of every run
         axes.plot([], [], ":", color="black", linewidth=1.5, label="learning rate reduced")
+    if any_fine_tune:
+        axes.plot([], [], "-", color="black", linewidth=1.0, alpha=0.7, label="fine-tuning starts")
     name = "Accuracy" if metric == "accuracy" else "Loss"
     figures = "Figures 5 and 7" if metric == "accuracy" else "Figure 6"
     axes.set_title(f"Training and validation {name.lower()} ({figures})")

@@ -113,7 +113,9 @@ def test_imagenet_download_failure_says_how_to_pass_a_file(monkeypatch, tmp_path
 
     def no_network(*args, **kwargs):
         raise Exception("URL fetch failure: [Errno -2] Name or service not known")
-    monkeypatch.setattr(keras.utils, "get_file", no_network)
+    # keras.applications.VGG16 downloads through keras.src.utils.file_utils.get_file.
+    from keras.src.utils import file_utils
+    monkeypatch.setattr(file_utils, "get_file", no_network)
     with pytest.raises(models.WeightsError, match="--weights PATH"):
         models.build_vgg16_pretrained(weights="imagenet")
 

@@ -150,19 +150,16 @@ def plot_curves(runs, metric, path):
 
 def plot_confusion_matrix(metrics, label, path):
     """The test-set confusion matrix of one evaluated run (counts, rows = true class)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
     plt = pyplot()
     matrix = np.asarray(metrics["confusion_matrix"], dtype=int)
     figure, axes = plt.subplots(figsize=(6.4, 5.6))
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="Test images")
-    ticks = np.arange(len(data.CLASS_NAMES))
-    axes.set_xticks(ticks, data.CLASS_NAMES, rotation=45, ha="right")
-    axes.set_yticks(ticks, data.CLASS_NAMES)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for row in range(matrix.shape[0]):
-        for column in range(matrix.shape[1]):
-            axes.text(column, row, f"{matrix[row, column]}", ha="center", va="center", fontsize=7,
-                      color="white" if matrix[row, column] > threshold else "black")
+    # Counts, not normalized: each row's sum is that class's share of the test images.
+    # Our own colour bar: scikit-learn's keeps no handle to label it.
+    display = ConfusionMatrixDisplay(matrix, display_labels=data.CLASS_NAMES).plot(
+        ax=axes, cmap="Blues", values_format="d", colorbar=False, xticks_rotation=45, text_kw={"fontsize": 7})
+    figure.colorbar(display.im_, ax=axes, fraction=0.046, pad=0.04, label="Test images")
+    plt.setp(axes.get_xticklabels(), ha="right")  # rotated names end under their column
     axes.set_xlabel("Predicted class")
     axes.set_ylabel("True class")
     axes.set_title(f"Confusion matrix: {label}\ntest accuracy {100 * metrics['test_accuracy']:.1f} % "

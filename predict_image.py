@@ -73,12 +73,6 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def _square(image):
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
 def load_image(path, fit="squash"):
     """Read one image file and return (uint8 (32, 32, 3) array, upright RGB thumbnail for figures).
 
@@ -112,9 +106,16 @@ def load_image(path, fit="squash"):
         # Pillow reports damaged files with all of these, depending on the format.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageReadError(f"truncated or corrupt image ({reason})") from None
+    resampling = getattr(Image.Resampling, RESAMPLING)
     if fit == "crop":
-        rgb = _square(rgb)
-    small = rgb.resize(IMAGE_SIZE, getattr(Image.Resampling, RESAMPLING), reducing_gap=REDUCING_GAP)
+        # The centre square, resized in one step: its box may start mid-pixel (no rounding
+        # shifts it) and the filter reads the photo just outside it, as a resize of the
+        # whole photo would. ImageOps.fit takes no reducing_gap: exact LANCZOS, about
+        # 0.1 s for 24 megapixels. The figure shows the same square.
+        small = ImageOps.fit(rgb, IMAGE_SIZE, resampling)
+        side = min(THUMBNAIL_SIZE, *rgb.size)
+        return np.asarray(small, dtype=np.uint8), ImageOps.fit(rgb, (side, side), Image.Resampling.LANCZOS)
+    small = rgb.resize(IMAGE_SIZE, resampling, reducing_gap=REDUCING_GAP)
     thumbnail = rgb.copy()
     thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(small, dtype=np.uint8), thumbnail

@@ -12,7 +12,6 @@ section 4, Table 2). With --tta, a second pass predicts every image's mirror and
 two probability vectors are averaged (test-time augmentation with the horizontal flip
 the models trained on); `test_accuracy_tta` and `test_loss_tta` join the plain figures.
 """
-import argparse
 import datetime
 import os
 import sys
@@ -227,8 +226,9 @@ def format_table(all_metrics):
     return "\n".join(lines)
 
 
+@rundir.one_line_errors("evaluate.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="evaluate.py", description="Evaluate run folders on the CIFAR-10 test set, print the "
         "paper's Table 2 with the paper's figures beside ours, and write metrics.json into each run.")
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
@@ -240,29 +240,26 @@ def main(argv=None):
     parser.add_argument("--tta", action="store_true", help="test-time augmentation: also average each "
                         "image's probabilities with its mirror's (test_accuracy_tta; Δt stays the plain pass)")
     args = parser.parse_args(argv)
-    try:
-        if args.batch_size < 1:
-            raise UserError(f"--batch-size must be at least 1, received {args.batch_size}")
-        if args.limit is not None and args.limit < 1:
-            raise UserError(f"--limit must be at least 1, received {args.limit}")
-        for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
-            read_run(run_dir)
-            if still_training(run_dir):
-                print(f"evaluate.py: note: {run_dir}: the run is still training or was interrupted (config.json "
-                      "says running); its model.keras is the one of an epoch before the end", file=sys.stderr)
-        x_test, y_test = load_test_set(args.data_dir, args.limit)
-        print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
-        all_metrics = []
-        for run_dir in args.run_dirs:
-            metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False, tta=args.tta)
-            print(format_report(metrics))
-            written = write_metrics(run_dir, metrics)
-            print(f"  wrote {written}\n" if written else f"  kept {os.path.join(run_dir, rundir.METRICS_FILE)}: "
-                  f"it holds an evaluation on more test images than these {len(x_test):,}\n")
-            all_metrics.append(metrics)
-        print(format_table(all_metrics))
-    except UserError as error:
-        rundir.fail("evaluate.py", error)
+    if args.batch_size < 1:
+        raise UserError(f"--batch-size must be at least 1, received {args.batch_size}")
+    if args.limit is not None and args.limit < 1:
+        raise UserError(f"--limit must be at least 1, received {args.limit}")
+    for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
+        read_run(run_dir)
+        if still_training(run_dir):
+            print(f"evaluate.py: note: {run_dir}: the run is still training or was interrupted (config.json "
+                  "says running); its model.keras is the one of an epoch before the end", file=sys.stderr)
+    x_test, y_test = load_test_set(args.data_dir, args.limit)
+    print(f"Test set: {len(x_test):,} images from {data.describe_source(args.data_dir)}")
+    all_metrics = []
+    for run_dir in args.run_dirs:
+        metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False, tta=args.tta)
+        print(format_report(metrics))
+        written = write_metrics(run_dir, metrics)
+        print(f"  wrote {written}\n" if written else f"  kept {os.path.join(run_dir, rundir.METRICS_FILE)}: "
+              f"it holds an evaluation on more test images than these {len(x_test):,}\n")
+        all_metrics.append(metrics)
+    print(format_table(all_metrics))
     return 0
 
 

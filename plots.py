@@ -14,7 +14,6 @@ Writes, as PNG (or `--format pdf|svg`):
                            a per-run figure stays with its run, like metrics.json
 OUT defaults to `figures/` in the current folder. Every figure is written atomically.
 """
-import argparse
 import os
 import sys
 
@@ -211,8 +210,9 @@ def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
     return written
 
 
+@rundir.one_line_errors("plots.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="plots.py", description="Draw the paper's figures from run folders: accuracy and loss "
         "curves (Figures 5-7), each evaluated run's confusion matrix, and with --data-dir the first "
         "48 training images (Figure 1).")
@@ -224,11 +224,8 @@ def main(argv=None):
                         "also draw Figure 1, the first 48 training images")
     parser.add_argument("--format", default="png", choices=FORMATS, help="figure format (default: png)")
     args = parser.parse_args(argv)
-    try:
-        for path in make_plots(args.run_dirs, args.out, args.data_dir, args.format):
-            print(f"wrote {path}")
-    except UserError as error:
-        rundir.fail("plots.py", error)
+    for path in make_plots(args.run_dirs, args.out, args.data_dir, args.format):
+        print(f"wrote {path}")
     return 0
 
 

@@ -10,7 +10,6 @@ own stats.json and classified. An image that cannot be read gets one line on std
 naming the file and the reason; the others are still classified, and the exit status
 is 2 if any failed.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -210,8 +209,9 @@ def format_result(result):
     return f"{result['file']}: {guesses}"
 
 
+@rundir.one_line_errors("predict_image.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="predict_image.py", description="Classify image files with a trained run folder "
         "(the paper's section 4.1): print the top classes with their probabilities.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by train.py")
@@ -227,31 +227,28 @@ def main(argv=None):
     parser.add_argument("--save-figure", metavar="PATH",
                         help="also draw each photo with its prediction and probabilities (.png, .pdf or .svg)")
     args = parser.parse_args(argv)
-    try:
-        if not 1 <= args.top <= data.NUM_CLASSES:
-            raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
-        if args.save_figure:
-            import plots
-            extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")
-            if extension not in plots.FORMATS:
-                raise UserError(f"--save-figure {args.save_figure}: use a .png, .pdf or .svg name")
-        model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit, args.tta)
-        failed = [result for result in results if "error" in result]
-        for result in failed:
-            print(f"predict_image.py: {format_result(result)}", file=sys.stderr)
-        if args.json:
-            public = [{key: value for key, value in result.items() if key != "thumbnail"} for result in results]
-            print(json.dumps({"run_dir": args.run_dir, "model": model_name, "results": public}, indent=2))
-        else:
-            for result in results:
-                if "error" not in result:
-                    print(format_result(result))
-        if args.save_figure and len(failed) < len(results):
-            plot_predictions(results, f"Out-of-set images classified by {model_name} (cf. Figure 8)",
-                             args.save_figure)
-            print(f"wrote {args.save_figure}", file=sys.stderr if args.json else sys.stdout)
-    except UserError as error:
-        rundir.fail("predict_image.py", error)
+    if not 1 <= args.top <= data.NUM_CLASSES:
+        raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
+    if args.save_figure:
+        import plots
+        extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")
+        if extension not in plots.FORMATS:
+            raise UserError(f"--save-figure {args.save_figure}: use a .png, .pdf or .svg name")
+    model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit, args.tta)
+    failed = [result for result in results if "error" in result]
+    for result in failed:
+        print(f"predict_image.py: {format_result(result)}", file=sys.stderr)
+    if args.json:
+        public = [{key: value for key, value in result.items() if key != "thumbnail"} for result in results]
+        print(json.dumps({"run_dir": args.run_dir, "model": model_name, "results": public}, indent=2))
+    else:
+        for result in results:
+            if "error" not in result:
+                print(format_result(result))
+    if args.save_figure and len(failed) < len(results):
+        plot_predictions(results, f"Out-of-set images classified by {model_name} (cf. Figure 8)",
+                         args.save_figure)
+        print(f"wrote {args.save_figure}", file=sys.stderr if args.json else sys.stdout)
     return 2 if failed else 0
 
 

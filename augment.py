@@ -4,7 +4,9 @@
     model.fit(dataset, epochs=60, validation_data=make_dataset(x_valid, ..., augment=None, shuffle=False))
 
 Two augmentations, each one projective transform per image applied to a whole batch
-by one `ImageProjectiveTransformV3` call:
+by one `keras.ops.image.affine_transform` call (on the TensorFlow backend, which
+tf.data needs, Keras runs it as one `ImageProjectiveTransformV3` op, with TensorFlow's
+matrix convention, bilinear sampling and fill modes):
 
 - "paper": the report's ImageDataGenerator, described below;
 - "crop": random translation by up to CROP_PADDING pixels with reflected edges plus a
@@ -20,7 +22,7 @@ applied to a whole batch at once inside a parallel tf.data map:
 - rotation, shifts, shear, zoom and the horizontal flip are composed exactly as
   ImageDataGenerator composes them (rotation . shift . shear . zoom about the image
   centre, flip after) into one matrix per image, applied with a single bilinear
-  `ImageProjectiveTransformV3` call for the batch, edges filled with the nearest pixel
+  `affine_transform` call for the batch, edges filled with the nearest pixel
   (IDG's fill_mode="nearest", interpolation order 1);
 - the channel shift is IDG's: one offset for all three channels, drawn from
   +-channel_shift_range in the units of the standardized input, the result clipped to
@@ -43,6 +45,7 @@ import os
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
 
+import keras
 import numpy as np
 import tensorflow as tf
 
@@ -99,13 +102,14 @@ def sample_transforms(count, seed, image_shape=IMAGE_SHAPE):
 
 
 def transform_matrices(params, image_shape=IMAGE_SHAPE):
-    """One (8,) projective transform per image, for ImageProjectiveTransformV3.
+    """One (8,) projective transform per image, for keras.ops.image.affine_transform.
 
     Composes IDG's apply_affine_transform: M = rotation . shift . shear . zoom, mapping
     output to input coordinates about the image centre, then the horizontal flip (IDG
     flips after the affine step, which is M . diag(-1, 1) in centred coordinates).
-    IDG's matrix ends up acting on (column, row), which is ImageProjectiveTransform's
-    (x, y), so its tx moves columns and ty moves rows.
+    IDG's matrix ends up acting on (column, row), which is affine_transform's (x, y)
+    (output point to input point, as ImageProjectiveTransformV3), so its tx moves
+    columns and ty moves rows.
     """
     theta = params["theta"] * (math.pi / 180)
     shear = params["shear"] * (math.pi / 180)
@@ -140,10 +144,9 @@ def apply_transforms(images, params):
     folded in), channel shift, brightness; see the module docstring for the last two.
     """
     images = tf.convert_to_tensor(images, tf.float32)
-    size = tf.shape(images)[1:3]
-    images = tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=transform_matrices(params, images.shape[1:]),
-        output_shape=size, fill_value=0.0, interpolation="BILINEAR", fill_mode="NEAREST")
+    images = keras.ops.image.affine_transform(
+        images, transform_matrices(params, images.shape[1:]), interpolation="bilinear",
+        fill_mode="nearest", data_format="channels_last")
     # Channel shift: one offset for every channel, clipped to the image's own range.
     low = tf.reduce_min(images, axis=[1, 2, 3], keepdims=True)
     high = tf.reduce_max(images, axis=[1, 2, 3], keepdims=True)
@@ -182,11 +185,11 @@ def crop_matrices(count, seed, image_shape=IMAGE_SHAPE):
 def crop_batch(images, seed):
     """Random pad-and-crop (reflected edges) and horizontal flip of a float32 batch (B, H, W, C)."""
     images = tf.convert_to_tensor(images, tf.float32)
-    # Whole-pixel shifts make bilinear sampling exact; REFLECT mirrors about the edge pixel's
-    # outer side (d c b a | a b c d), numpy's "symmetric" padding.
-    return tf.raw_ops.ImageProjectiveTransformV3(
-        images=images, transforms=crop_matrices(tf.shape(images)[0], seed, images.shape[1:]),
-        output_shape=tf.shape(images)[1:3], fill_value=0.0, interpolation="BILINEAR", fill_mode="REFLECT")
+    # Whole-pixel shifts make bilinear sampling exact; "reflect" mirrors about the edge pixel's
+    # outer side (d c b a | a b c d), numpy's "symmetric" padding (not numpy's "reflect").
+    return keras.ops.image.affine_transform(
+        images, crop_matrices(tf.shape(images)[0], seed, images.shape[1:]), interpolation="bilinear",
+        fill_mode="reflect", data_format="channels_last")
 
 
 AUGMENTERS = {"paper": augment_batch, "crop": crop_batch}  # make_dataset's augment= choices

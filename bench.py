@@ -219,8 +219,9 @@ def _log(line):
     print(line, flush=True)
 
 
+@rundir.one_line_errors("bench.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="bench.py", description="Time training (paper's ImageDataGenerator vs the fast tf.data "
         "pipeline, float32 vs mixed precision) and test-set prediction for each model.")
     data.add_data_dir_argument(parser)
@@ -234,24 +235,21 @@ def main(argv=None):
                         help="timed repeats a measurement, after one warm-up (default: %(default)s)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON report to write (default: %(default)s)")
     args = parser.parse_args(argv)
-    try:
-        names = [name.strip() for name in args.models.split(",") if name.strip()]
-        unknown = [name for name in names if name not in models.MODELS]
-        if unknown or not names:
-            raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
-                                   f"choose from {', '.join(models.MODELS)}")
-        x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images, args.test_images)
-        cpu, bf16 = rundir.cpu_description()
-        print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: { {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
-        print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
-              f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
-        start = time.perf_counter()
-        report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
-        report["data_source"] = data.describe_source(args.data_dir)
-        report["seconds"] = time.perf_counter() - start
-        rundir.write_json(args.out, report)
-    except rundir.UserError as error:
-        rundir.fail("bench.py", error)
+    names = [name.strip() for name in args.models.split(",") if name.strip()]
+    unknown = [name for name in names if name not in models.MODELS]
+    if unknown or not names:
+        raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
+                               f"choose from {', '.join(models.MODELS)}")
+    x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images, args.test_images)
+    cpu, bf16 = rundir.cpu_description()
+    print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: { {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
+    print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
+          f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
+    start = time.perf_counter()
+    report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
+    report["data_source"] = data.describe_source(args.data_dir)
+    report["seconds"] = time.perf_counter() - start
+    rundir.write_json(args.out, report)
     print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
     return 0
 

@@ -15,7 +15,6 @@ folder `cifar-10-batches-bin/`.
 
     python data.py --data-dir /data/cifar10
 """
-import argparse
 import io
 import json
 import os
@@ -25,6 +24,7 @@ import tarfile
 
 import numpy as np
 
+import rundir
 from rundir import UserError, write_json
 
 CLASS_NAMES = ("airplane", "automobile", "bird", "cat", "deer",
@@ -369,17 +369,14 @@ def add_data_dir_argument(parser, note=""):
     parser.add_argument("--data-dir", metavar="DIR", help=DATA_DIR_HELP + (f"; {note}" if note else ""))
 
 
+@rundir.one_line_errors("data.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="data.py", description="Load CIFAR-10, split it as the paper does and print "
         "the split shapes and the standardization statistics.")
     add_data_dir_argument(parser)
     args = parser.parse_args(argv)
-    try:
-        (x_train, y_train), (x_test, _) = load_cifar10(args.data_dir)
-    except DataError as error:
-        print(f"data.py: error: {error}", file=sys.stderr)
-        return 2
+    (x_train, y_train), (x_test, _) = load_cifar10(args.data_dir)
     x_train, x_valid, y_train, y_valid = split_validation(x_train, y_train)
     stats = compute_stats(x_train)
     print("Training: ", x_train.shape)

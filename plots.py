@@ -15,7 +15,6 @@ Writes, as PNG (or `--format pdf|svg`):
                            a per-run figure stays with its run, like metrics.json
 OUT defaults to `figures/` in the current folder. Every figure is written atomically.
 """
-import argparse
 import os
 import sys
 
@@ -169,19 +168,16 @@ def plot_curves(runs, metric, path):
 
 def plot_confusion_matrix(metrics, label, path):
     """The test-set confusion matrix of one evaluated run (counts, rows = true class)."""
+    from sklearn.metrics import ConfusionMatrixDisplay
     plt = pyplot()
     matrix = np.asarray(metrics["confusion_matrix"], dtype=int)
     figure, axes = plt.subplots(figsize=(6.4, 5.6))
-    image = axes.imshow(matrix, cmap="Blues")
-    figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="Test images")
-    ticks = np.arange(len(data.CLASS_NAMES))
-    axes.set_xticks(ticks, data.CLASS_NAMES, rotation=45, ha="right")
-    axes.set_yticks(ticks, data.CLASS_NAMES)
-    threshold = matrix.max() / 2 if matrix.size else 0
-    for row in range(matrix.shape[0]):
-        for column in range(matrix.shape[1]):
-            axes.text(column, row, f"{matrix[row, column]}", ha="center", va="center", fontsize=7,
-                      color="white" if matrix[row, column] > threshold else "black")
+    # Counts, not normalized: each row's sum is that class's share of the test images.
+    # Our own colour bar: scikit-learn's keeps no handle to label it.
+    display = ConfusionMatrixDisplay(matrix, display_labels=data.CLASS_NAMES).plot(
+        ax=axes, cmap="Blues", values_format="d", colorbar=False, xticks_rotation=45, text_kw={"fontsize": 7})
+    figure.colorbar(display.im_, ax=axes, fraction=0.046, pad=0.04, label="Test images")
+    plt.setp(axes.get_xticklabels(), ha="right")  # rotated names end under their column
     axes.set_xlabel("Predicted class")
     axes.set_ylabel("True class")
     axes.set_title(f"Confusion matrix: {label}\ntest accuracy {100 * metrics['test_accuracy']:.1f} % "
@@ -233,8 +229,9 @@ def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
     return written
 
 
+@rundir.one_line_errors("plots.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="plots.py", description="Draw the paper's figures from run folders: accuracy and loss "
         "curves (Figures 5-7), each evaluated run's confusion matrix, and with --data-dir the first "
         "48 training images (Figure 1).")
@@ -246,11 +243,8 @@ def main(argv=None):
                         "also draw Figure 1, the first 48 training images")
     parser.add_argument("--format", default="png", choices=FORMATS, help="figure format (default: png)")
     args = parser.parse_args(argv)
-    try:
-        for path in make_plots(args.run_dirs, args.out, args.data_dir, args.format):
-            print(f"wrote {path}")
-    except UserError as error:
-        rundir.fail("plots.py", error)
+    for path in make_plots(args.run_dirs, args.out, args.data_dir, args.format):
+        print(f"wrote {path}")
     return 0
 
 

@@ -10,7 +10,6 @@ own stats.json and classified. An image that cannot be read gets one line on std
 naming the file and the reason; the others are still classified, and the exit status
 is 2 if any failed.
 """
-import argparse
 import contextlib
 import json
 import os
@@ -73,12 +72,6 @@ def _to_rgb(image):
     return image.convert("RGB")
 
 
-def _square(image):
-    side = min(image.size)
-    left, top = (image.width - side) // 2, (image.height - side) // 2
-    return image.crop((left, top, left + side, top + side))
-
-
 def load_image(path, fit="squash"):
     """Read one image file and return (uint8 (32, 32, 3) array, upright RGB thumbnail for figures).
 
@@ -112,9 +105,16 @@ def load_image(path, fit="squash"):
         # Pillow reports damaged files with all of these, depending on the format.
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise ImageReadError(f"truncated or corrupt image ({reason})") from None
+    resampling = getattr(Image.Resampling, RESAMPLING)
     if fit == "crop":
-        rgb = _square(rgb)
-    small = rgb.resize(IMAGE_SIZE, getattr(Image.Resampling, RESAMPLING), reducing_gap=REDUCING_GAP)
+        # The centre square, resized in one step: its box may start mid-pixel (no rounding
+        # shifts it) and the filter reads the photo just outside it, as a resize of the
+        # whole photo would. ImageOps.fit takes no reducing_gap: exact LANCZOS, about
+        # 0.1 s for 24 megapixels. The figure shows the same square.
+        small = ImageOps.fit(rgb, IMAGE_SIZE, resampling)
+        side = min(THUMBNAIL_SIZE, *rgb.size)
+        return np.asarray(small, dtype=np.uint8), ImageOps.fit(rgb, (side, side), Image.Resampling.LANCZOS)
+    small = rgb.resize(IMAGE_SIZE, resampling, reducing_gap=REDUCING_GAP)
     thumbnail = rgb.copy()
     thumbnail.thumbnail((THUMBNAIL_SIZE, THUMBNAIL_SIZE), Image.Resampling.LANCZOS)
     return np.asarray(small, dtype=np.uint8), thumbnail
@@ -209,8 +209,9 @@ def format_result(result):
     return f"{result['file']}: {guesses}"
 
 
+@rundir.one_line_errors("predict_image.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="predict_image.py", description="Classify image files with a trained run folder "
         "(the paper's section 4.1): print the top classes with their probabilities.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by train.py")
@@ -226,31 +227,28 @@ def main(argv=None):
     parser.add_argument("--save-figure", metavar="PATH",
                         help="also draw each photo with its prediction and probabilities (.png, .pdf or .svg)")
     args = parser.parse_args(argv)
-    try:
-        if not 1 <= args.top <= data.NUM_CLASSES:
-            raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
-        if args.save_figure:
-            import plots
-            extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")
-            if extension not in plots.FORMATS:
-                raise UserError(f"--save-figure {args.save_figure}: use a .png, .pdf or .svg name")
-        model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit, args.tta)
-        failed = [result for result in results if "error" in result]
-        for result in failed:
-            print(f"predict_image.py: {format_result(result)}", file=sys.stderr)
-        if args.json:
-            public = [{key: value for key, value in result.items() if key != "thumbnail"} for result in results]
-            print(json.dumps({"run_dir": args.run_dir, "model": model_name, "results": public}, indent=2))
-        else:
-            for result in results:
-                if "error" not in result:
-                    print(format_result(result))
-        if args.save_figure and len(failed) < len(results):
-            plot_predictions(results, f"Out-of-set images classified by {model_name} (cf. Figure 8)",
-                             args.save_figure)
-            print(f"wrote {args.save_figure}", file=sys.stderr if args.json else sys.stdout)
-    except UserError as error:
-        rundir.fail("predict_image.py", error)
+    if not 1 <= args.top <= data.NUM_CLASSES:
+        raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
+    if args.save_figure:
+        import plots
+        extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")
+        if extension not in plots.FORMATS:
+            raise UserError(f"--save-figure {args.save_figure}: use a .png, .pdf or .svg name")
+    model_name, results = predict_files(args.run_dir, args.images, args.top, args.fit, args.tta)
+    failed = [result for result in results if "error" in result]
+    for result in failed:
+        print(f"predict_image.py: {format_result(result)}", file=sys.stderr)
+    if args.json:
+        public = [{key: value for key, value in result.items() if key != "thumbnail"} for result in results]
+        print(json.dumps({"run_dir": args.run_dir, "model": model_name, "results": public}, indent=2))
+    else:
+        for result in results:
+            if "error" not in result:
+                print(format_result(result))
+    if args.save_figure and len(failed) < len(results):
+        plot_predictions(results, f"Out-of-set images classified by {model_name} (cf. Figure 8)",
+                         args.save_figure)
+        print(f"wrote {args.save_figure}", file=sys.stderr if args.json else sys.stdout)
     return 2 if failed else 0
 
 

@@ -8,7 +8,6 @@ config.json, history.json and metrics.json (never model files: they are large an
 rebuilt by training). `table` reads only those files, so every figure in the README's
 results table can be traced to a committed record and re-derived by anyone.
 """
-import argparse
 import os
 import shutil
 import sys
@@ -84,8 +83,9 @@ def table(results_dir=RESULTS_DIR):
     return "\n".join(lines)
 
 
+@rundir.one_line_errors("results.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="results.py", description="Keep the records (config, history, metrics JSON) of the runs the "
         "README reports in results/, and print the README's results table from them.")
     parser.add_argument("--results-dir", default=RESULTS_DIR, help=f"the records' folder (default: {RESULTS_DIR})")
@@ -94,14 +94,11 @@ def main(argv=None):
     collect_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
     commands.add_parser("table", help="print the results table (Markdown) from the records")
     args = parser.parse_args(argv)
-    try:
-        if args.command == "collect":
-            for run_dir in args.run_dirs:
-                print(f"wrote {collect(run_dir, args.results_dir)}")
-        else:
-            print(table(args.results_dir))
-    except UserError as error:
-        rundir.fail("results.py", error)
+    if args.command == "collect":
+        for run_dir in args.run_dirs:
+            print(f"wrote {collect(run_dir, args.results_dir)}")
+    else:
+        print(table(args.results_dir))
     return 0
 
 

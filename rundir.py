@@ -11,7 +11,16 @@ A run folder (default `runs/<model>/`) is self-sufficient:
 
 Every write goes to a temporary file in the same folder, is flushed to disk, then
 renamed over the target, so a crash or kill mid-write leaves the previous complete file.
+
+Every script also reports bad input here, the same way: `ArgumentParser` for usage errors
+and `one_line_errors` around `main` for a UserError, each one line `prog: error: ...`
+on stderr and exit status 2:
+
+    @rundir.one_line_errors("plots.py")
+    def main(argv=None):
+        args = rundir.ArgumentParser(prog="plots.py", ...).parse_args(argv)
 """
+import argparse
 import contextlib
 import json
 import os
@@ -38,6 +47,32 @@ def fail(prog, error):
     message = str(error).splitlines()[0] if str(error) else type(error).__name__
     print(f"{prog}: error: {message}", file=sys.stderr)
     raise SystemExit(2)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line, `prog: error: message`, exit status 2.
+
+    argparse's own prints the usage block first; we drop it so that a mistyped flag
+    looks like every other bad input (--help still prints the usage). Subparsers made
+    by add_subparsers are of this class too.
+    """
+
+    def error(self, message):
+        fail(self.prog, message)
+
+
+@contextlib.contextmanager
+def one_line_errors(prog):
+    """Turn a UserError raised inside into `prog: error: message` on stderr and exit status 2.
+
+    A context manager (`with rundir.one_line_errors("plots.py"): ...`) that also decorates
+    a script's main (`@rundir.one_line_errors("plots.py")`); other exceptions pass through
+    with their traceback, since they are our bugs, not the user's mistakes.
+    """
+    try:
+        yield
+    except UserError as error:
+        fail(prog, error)
 
 
 def _umask():

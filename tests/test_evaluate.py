@@ -44,6 +44,20 @@ def test_compute_metrics_by_hand():
     assert metrics["per_class_accuracy"]["truck"] is None  # no truck among the labels
 
 
+def test_top5_stops_at_the_fifth_class_and_the_loss_clips_as_keras_does():
+    # Class 9 ranked fifth for the first image (a hit), sixth for the second (a miss);
+    # the third image's true class has probability 0, where Keras' loss clips at 1e-7.
+    probabilities = np.zeros((3, 10))
+    probabilities[:2, :6] = [0.3, 0.25, 0.2, 0.15, 0.06, 0.04]
+    probabilities[0, [4, 9]] = probabilities[0, [9, 4]]
+    probabilities[1, [5, 9]] = probabilities[1, [9, 5]]
+    probabilities[2, 0] = 1.0
+    metrics = evaluate.compute_metrics(probabilities, np.array([9, 9, 3]))
+    assert metrics["top5_accuracy"] == pytest.approx(1 / 3)
+    expected_loss = -np.mean(np.log([0.06, 0.04, 1e-7]))  # 36.0 for the last image without the clip
+    assert metrics["test_loss"] == pytest.approx(expected_loss, rel=1e-6)
+
+
 def test_evaluate_run_is_consistent_with_its_predictions(vgg16_run, tmp_path):
     import keras
     run = copy_run(vgg16_run, tmp_path / "run")

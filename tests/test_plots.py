@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import data
 import evaluate
 import plots
 import rundir
@@ -131,6 +132,25 @@ def test_a_continuous_schedule_is_drawn_as_a_learning_rate_curve(runs, tmp_path,
     # The cosine run's falling rate is not mistaken for plateau cuts: only the paper run has markers.
     drops = [line for line in main_axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
     assert len(drops) == len(plots.lr_reductions(history))
+    plt.close(captured["figure"])
+
+
+def test_confusion_matrix_shows_the_counts_with_class_names(runs, tmp_path, monkeypatch):
+    metrics = json.load(open(os.path.join(runs[0], rundir.METRICS_FILE)))
+    plt = plots.pyplot()
+    captured = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
+    plots.plot_confusion_matrix(metrics, "vgg16", str(tmp_path / "c.png"))
+    axes = captured["figure"].axes[0]
+    matrix = np.array(metrics["confusion_matrix"])
+    shown = {(round(text.get_position()[1]), round(text.get_position()[0])): text.get_text() for text in axes.texts}
+    # Counts, not fractions: row = true class, column = predicted, as metrics.json stores them.
+    assert shown == {(row, column): str(matrix[row, column]) for row in range(10) for column in range(10)}
+    assert [label.get_text() for label in axes.get_xticklabels()] == list(data.CLASS_NAMES)
+    assert [label.get_text() for label in axes.get_yticklabels()] == list(data.CLASS_NAMES)
+    assert (axes.get_xlabel(), axes.get_ylabel()) == ("Predicted class", "True class")
+    assert axes.get_title().startswith("Confusion matrix: vgg16\ntest accuracy")
+    assert captured["figure"].axes[1].get_ylabel() == "Test images"  # the colour bar
     plt.close(captured["figure"])
 
 

@@ -99,6 +99,28 @@ def test_antialiased_resize_of_a_large_photo(tmp_path):
     assert cropped.shape == (32, 32, 3)
 
 
+@pytest.mark.parametrize("size", [(300, 100), (101, 303)])
+def test_crop_keeps_the_centre_square_and_squash_the_whole_photo(tmp_path, size):
+    # Three bands across the longer side: red, green in the middle third, blue.
+    wide = size[0] > size[1]
+    bands = np.zeros((size[1], size[0], 3), np.uint8)
+    third = max(size) // 3
+    for index, colour in enumerate([RED, (30, 200, 30), BLUE]):
+        band = slice(index * third, None if index == 2 else (index + 1) * third)
+        bands[(slice(None), band) if wide else band] = colour
+    path = tmp_path / "bands.png"
+    Image.fromarray(bands).save(path)
+    cropped, thumbnail = predict_image.load_image(str(path), fit="crop")
+    # Green: the centre square. The outer pixel rows may take a little of the bands beside
+    # it, which the resampling filter reaches, as it would in the whole photo.
+    inside = cropped[:, 2:-2] if wide else cropped[2:-2]
+    assert np.abs(inside.astype(int) - (30, 200, 30)).max() <= 2
+    assert thumbnail.size == (min(size),) * 2  # the figure shows the same square, never enlarged
+    squashed, _ = predict_image.load_image(str(path))
+    edge = squashed[:, 0] if wide else squashed[0]
+    assert np.abs(edge.astype(int) - RED).max() <= 2  # squash keeps the red band at the edge
+
+
 def _png_claiming(width, height):
     """A tiny PNG whose header claims width x height pixels (a decompression bomb's header)."""
     def chunk(kind, payload):

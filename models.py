@@ -7,7 +7,6 @@ Every builder returns an uncompiled Functional `keras.Model` whose total paramet
 count matches the report's figures exactly (Gomez Cruz 2025, Figures 2-4). The
 models take standardized 32x32x3 images (see data.py), as the report trained them.
 """
-import argparse
 import os
 import sys
 
@@ -17,6 +16,7 @@ import keras
 import numpy as np
 from keras import layers
 
+import rundir
 from rundir import UserError
 
 INPUT_SHAPE = (32, 32, 3)
@@ -319,8 +319,9 @@ def count_parameters(model):
     return trainable + frozen, trainable, frozen
 
 
+@rundir.one_line_errors("models.py")
 def main(argv=None):
-    parser = argparse.ArgumentParser(
+    parser = rundir.ArgumentParser(
         prog="models.py", description="Print model.summary() of the report's networks "
         "(Figures 2-4), with random weights: nothing is downloaded.")
     parser.add_argument("names", nargs="*", metavar="NAME", default=list(MODELS),
@@ -328,9 +329,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     unknown = [name for name in args.names if name not in MODELS]
     if unknown:
-        print(f"models.py: error: unknown model '{unknown[0]}'; choose one of {', '.join(MODELS)}",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"unknown model '{unknown[0]}'; choose one of {', '.join(MODELS)}")
     for name in args.names:
         model = build_model(name, weights=None)
         model.summary()

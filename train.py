@@ -978,18 +978,11 @@ def _print_summary(model_name, history, config, run_dir, log):
 
 # --- Command line ------------------------------------------------------------------
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, but a usage error is one line on stderr (exit 2) like every other bad input."""
-
-    def error(self, message):
-        rundir.fail(self.prog, UserError(message))
-
-
 _METAVARS = {int: "N", float: "X", str: "VALUE"}
 
 
 def build_parser():
-    parser = _Parser(
+    parser = rundir.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one of the report's networks with its protocol (Gomez Cruz 2025) into a "
         "run folder: model.keras (best by val_loss, or the last epoch on a cosine schedule), stats.json, "
@@ -1033,6 +1026,7 @@ def _interrupt(signum, frame):
     raise KeyboardInterrupt  # SIGTERM ends like Ctrl-C: the last completed epoch is already saved
 
 
+@rundir.one_line_errors(PROG)
 def main(argv=None):
     args = build_parser().parse_args(argv)
     run_dir = args.run_dir or os.path.join("runs", args.model)
@@ -1055,8 +1049,6 @@ def main(argv=None):
         check_flags_used(settings, explicit)
         train(args.model, settings, run_dir, data_dir=args.data_dir, resume=args.resume,
               overwrite=args.overwrite, cache_dir=args.cache_dir)
-    except UserError as error:
-        rundir.fail(PROG, error)
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; completed epochs are saved, continue with: "
               f"python train.py {args.model} --resume --run-dir {run_dir}", file=sys.stderr)

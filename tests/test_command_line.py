@@ -13,12 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each script's required positionals, so that argparse gets as far as the unknown flag.
 POSITIONALS = {"data": [], "models": [], "train": ["vgg16"], "evaluate": ["runs/x"],
                "predict_image": ["runs/x", "photo.jpg"], "plots": ["runs/x"], "bench": [], "results": ["table"]}
-# models.py is not on the shared parser yet (its owner's edit): this turns into a failure
-# once it is, so the mark goes with that edit.
-NOT_YET = {"models": pytest.mark.xfail(strict=True, reason="models.py still prints argparse's usage block")}
 
 
-@pytest.mark.parametrize("script", [pytest.param(name, marks=NOT_YET.get(name, ())) for name in POSITIONALS])
+@pytest.mark.parametrize("script", list(POSITIONALS))
 def test_an_unknown_flag_is_one_line_and_exit_2(script, capsys):
     module = importlib.import_module(script)
     with pytest.raises(SystemExit) as exit_info:

@@ -148,6 +148,84 @@ def _on_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
+TRANSFER_IMAGES = 640  # issue 9: the subset vgg16_pretrained's ways of training are timed on
+FULL_SPLIT = {"train": 45_000, "valid": 5_000}  # the paper's split, for the extrapolated figures
+
+
+def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir=None, log=print):
+    """Seconds of vgg16_pretrained's ways to train on the same images, at 224x224, float32.
+
+    (a) a frozen-base epoch the report's way (every step through the base, the paper's
+    ImageDataGenerator, Adam 5e-4); (b) building --recipe transfer's feature cache of the
+    images and their mirrors, once; (c) a head epoch from that cache; (d) a fine-tuning
+    epoch (block5 unfrozen, crop augmentation). Random base weights: the speed does not
+    depend on their values. Epochs (a), (c), (d): one untimed warm-up, then `repeats`
+    timed; (b) after one untimed batch (tracing). Returns a JSON-ready dict with the
+    figures extrapolated to the full 45,000/5,000 split.
+    """
+    import tempfile
+
+    import features
+
+    count, batch_size = len(x_train), BATCH_SIZE
+    steps = math.ceil(count / batch_size)
+    transfer = train.recipe_settings("transfer")
+    pixels = dict(stats, input=data.PIXEL_INPUT)
+
+    def timed_fit(model, inputs):
+        timer = _EpochTimer()
+        model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0, shuffle=False)
+        return statistics.median(timer.seconds[1:])
+
+    keras.backend.clear_session()
+    report = _compiled_model("vgg16_pretrained")
+    frozen = timed_fit(report, data.paper_generator().flow(data.standardize(x_train, stats), y_train,
+                                                           batch_size=batch_size, seed=0))
+    log(f"(a) frozen base, the report's way: {frozen:.1f} s an epoch of {count} images")
+    del report
+    keras.backend.clear_session()
+    model = models.build_model("vgg16_pretrained", weights=None, preprocessing="imagenet")
+    extractor = models.feature_extractor(model)
+    extractor.predict_on_batch(x_train[:batch_size].astype("float32"))  # tracing, not counted
+    with tempfile.TemporaryDirectory(dir=cache_dir) as folder:
+        start = time.perf_counter()
+        cache, _, _ = features.load_or_build(extractor, {"train": x_train, "train_mirror": x_train[:, :, ::-1]},
+                                             lambda images: data.standardize(images, pixels), folder,
+                                             batch_size, log=lambda line: None)
+        build = time.perf_counter() - start
+        cache_bytes = sum(part.nbytes for part in cache.values())
+        log(f"(b) feature cache: {build:.1f} s for {2 * count} images (and mirrors), {cache_bytes / 1e6:.1f} MB")
+        train.compile_model(model, transfer, steps)
+        head = models.head_model(model)
+        head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
+        head_epoch = timed_fit(head, features.CachedFeatures(cache["train"], y_train, batch_size,
+                                                              mirrors=cache["train_mirror"], shuffle=True))
+        del cache
+    log(f"(c) head from the cache: {head_epoch:.2f} s an epoch, {frozen / head_epoch:.0f}x faster than (a)")
+    models.unfreeze(model, train.fine_tune_blocks(transfer))
+    train.compile_model(model, train.fine_tune_settings(transfer), steps)
+    fine_tune = timed_fit(model, augment.make_dataset(x_train, y_train, pixels, batch_size, augment="crop",
+                                                      shuffle=True, seed=0))
+    log(f"(d) fine-tuning block5: {fine_tune:.1f} s an epoch")
+    per_image_forward = build / (2 * count)
+    full_train, full_valid = FULL_SPLIT["train"], FULL_SPLIT["valid"]
+    return {
+        "images": count, "batch_size": batch_size, "image_size": models.PRETRAINED_IMAGE_SIZE,
+        "frozen_epoch_seconds": frozen, "cache_build_seconds": build, "cache_images": 2 * count,
+        "cache_bytes": cache_bytes, "head_epoch_seconds": head_epoch, "fine_tune_epoch_seconds": fine_tune,
+        "head_speedup": frozen / head_epoch,
+        # Full split: training epochs scale with images; validation adds a forward pass of the
+        # 5,000 images through the base each epoch, except from the cache (computed once).
+        "full_split_estimate": {
+            "frozen_epoch_seconds": frozen / count * full_train + per_image_forward * full_valid,
+            "cache_build_seconds": per_image_forward * (2 * full_train + full_valid),
+            "cache_bytes": cache_bytes / (2 * count) * (2 * full_train + full_valid),
+            "head_epoch_seconds": head_epoch / count * full_train,
+            "fine_tune_epoch_seconds": fine_tune / count * full_train + per_image_forward * full_valid,
+        },
+    }
+
+
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print):
     """Every measurement for every model; returns the report as a JSON-ready dict."""
     cpu, bf16 = rundir.cpu_description()
@@ -234,7 +312,13 @@ def main(argv=None):
     parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
                         help="timed repeats a measurement, after one warm-up (default: %(default)s)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON report to write (default: %(default)s)")
+    parser.add_argument("--transfer", action="store_true", help="instead, time vgg16_pretrained's ways to "
+                        "train on --images images (default here 640): a frozen-base epoch the report's way, "
+                        "building --recipe transfer's feature cache, a head epoch from it, a fine-tuning epoch; "
+                        "with the full-split figures they extrapolate to")
     args = parser.parse_args(argv)
+    if args.transfer:
+        return _main_transfer(args, argv)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in names if name not in models.MODELS]
     if unknown or not names:
@@ -249,6 +333,26 @@ def main(argv=None):
     report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
     report["data_source"] = data.describe_source(args.data_dir)
     report["seconds"] = time.perf_counter() - start
+    rundir.write_json(args.out, report)
+    print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
+    return 0
+
+
+def _main_transfer(args, argv):
+    images = args.images if "--images" in (argv if argv is not None else sys.argv) else TRANSFER_IMAGES
+    x_train, y_train, _, stats = load_bench_data(args.data_dir, images, 1)
+    cpu, bf16 = rundir.cpu_description()
+    print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: "
+          f"{ {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
+    start = time.perf_counter()
+    report = {"device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16, "versions": _versions(),
+              "data_source": data.describe_source(args.data_dir), "repeats": args.repeats,
+              "transfer": measure_transfer(x_train, y_train, stats, args.repeats, log=_log)}
+    report["seconds"] = time.perf_counter() - start
+    estimate = report["transfer"]["full_split_estimate"]
+    print("full 45,000/5,000 split at this pace: " + ", ".join(
+        f"{key.replace('_seconds', '')} {estimate[key] / 60:.1f} min" for key in estimate if key.endswith("seconds"))
+        + f", cache {estimate['cache_bytes'] / 1e9:.1f} GB", flush=True)
     rundir.write_json(args.out, report)
     print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
     return 0

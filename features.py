@@ -22,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 
 import rundir  # first: it quiets TensorFlow's C++ start-up logging before TF loads
@@ -132,7 +133,9 @@ def _build(extractor, parts, prepare, folder, key, shapes, need, batch_size, log
             f"images into {folder} ({need / 1e9:.2f} GB as float16)")
         start = time.perf_counter()
         os.makedirs(partial)
-        progress = keras.utils.Progbar(sum(len(images) for images in parts.values()), unit_name="image")
+        # A live bar on a terminal; in a log file, one line at the end.
+        progress = keras.utils.Progbar(sum(len(images) for images in parts.values()), unit_name="image",
+                                       verbose=1 if sys.stdout.isatty() else 2)
         for name, images in parts.items():
             with open(os.path.join(partial, f"{name}.f16"), "wb") as handle:
                 for first in range(0, len(images), batch_size):

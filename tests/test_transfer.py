@@ -359,3 +359,20 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
     config = read(killed, rundir.CONFIG_FILE)
     assert config["status"] == "complete" and len(config["resumed"]) == 1
     assert not os.path.exists(os.path.join(killed, train.CHECKPOINT_DIR))
+
+
+def test_bench_times_the_ways_to_train_the_pretrained_model(cifar_dir, tmp_path, monkeypatch):
+    """bench.py --transfer on 32x32 inputs and 64 images: its report, not its speed."""
+    import bench
+
+    build = models.build_model
+    monkeypatch.setattr(bench.models, "build_model", lambda name, **options: build(name, image_size=SIZE, **options))
+    out = tmp_path / "bench_transfer.json"
+    assert bench.main(["--transfer", "--data-dir", cifar_dir, "--images", "64", "--repeats", "1",
+                       "--out", str(out)]) == 0
+    report = read(tmp_path, out.name)["transfer"]
+    assert report["images"] == 64 and report["cache_images"] == 128
+    assert report["cache_bytes"] == 128 * 512 * 2  # 1x1x512 float16 features at 32x32
+    assert report["full_split_estimate"]["cache_bytes"] == pytest.approx(95_000 * 512 * 2)
+    assert all(report[key] > 0 for key in ("frozen_epoch_seconds", "cache_build_seconds", "head_epoch_seconds",
+                                           "fine_tune_epoch_seconds"))

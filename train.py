@@ -735,6 +735,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                 f"differs (saved {kept!r}, given {given!r})")
         if data_dir is None and previous.get("data_source") != data.describe_source(None):
             data_dir = previous.get("data_source")
+        if cache_dir is None and previous.get("features"):  # the cache the run started with
+            cache_dir = os.path.dirname(previous["features"]["cache"])
         state = _read_checkpoint(run_dir)
     initial_epoch = state["epoch"] if state else 0
     # Non-chief workers take part in every save (collective reads) but into a scratch folder.
@@ -1016,7 +1018,7 @@ def build_parser():
     parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
     parser.add_argument("--cache-dir", metavar="DIR", help="where --cache-features keeps the frozen base's "
                         "features, one folder per weights and images (default: $CIFAR10_FEATURE_CACHE, else "
-                        "~/.cache/cifar10_keras/features)")
+                        "~/.cache/cifar10_keras/features; on --resume, the run's own)")
     parser.add_argument("--cpu-devices", type=int, metavar="N", help="split the CPU into N logical "
                         "devices, to try --distribute mirrored on a machine without GPUs")
     return parser

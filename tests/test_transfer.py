@@ -345,8 +345,8 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
     state = read(os.path.join(killed, train.CHECKPOINT_DIR), train.STATE_FILE)
     assert state["epoch"] == kill_after and state["phase"] == (1 if kill_after < 3 else 2)
     lines = []
-    assert train.train("vgg16_pretrained", train.load_settings(killed), killed, resume=True,
-                       cache_dir=str(cache_dir), log=lines.append)
+    # No cache_dir: a resumed run finds the cache its config.json names.
+    assert train.train("vgg16_pretrained", train.load_settings(killed), killed, resume=True, log=lines.append)
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2, 3, 4] and resumed["phase"] == [1, 1, 2, 2]
     assert resumed["learning_rate"] == pytest.approx(whole["learning_rate"])

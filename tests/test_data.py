@@ -117,31 +117,25 @@ def make_images_pair():
     return make_images(10, seed=5), make_images(5, seed=6)
 
 
-def test_truncated_python_batch(tmp_path):
-    folder = tmp_path / "cifar-10-batches-py"
-    write_python(str(folder), *make_images_pair())
-    whole = (folder / "data_batch_2").read_bytes()
-    (folder / "data_batch_2").write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(data.DataError, match=r"data_batch_2: not a readable CIFAR-10 batch \(truncated or corrupt"):
-        data.load_cifar10(str(folder), check_counts=False)
+def _half(content):
+    return content[: len(content) // 2]
 
 
-def test_truncated_binary_batch(tmp_path):
-    folder = tmp_path / "cifar-10-batches-bin"
-    write_binary(str(folder), *make_images_pair())
-    whole = (folder / "test_batch.bin").read_bytes()
-    (folder / "test_batch.bin").write_bytes(whole[:-100])
-    with pytest.raises(data.DataError, match=r"test_batch.bin: .* not a whole number of 3073-byte records"):
-        data.load_cifar10(str(folder), check_counts=False)
-
-
-def test_truncated_tarball(tmp_path):
-    path = tmp_path / "cifar-10-python.tar.gz"
-    write_tarball(str(path), *make_images_pair())
-    whole = path.read_bytes()
-    path.write_bytes(whole[: len(whole) // 2])
-    with pytest.raises(data.DataError, match="cifar-10-python.tar.gz"):
-        data.load_cifar10(str(path), check_counts=False)
+@pytest.mark.parametrize("write, damaged, cut, message", [
+    (write_python, "cifar-10-batches-py/data_batch_2", _half,
+     r"data_batch_2: not a readable CIFAR-10 batch \(truncated or corrupt"),
+    (write_binary, "cifar-10-batches-bin/test_batch.bin", lambda content: content[:-100],
+     r"test_batch.bin: .* not a whole number of 3073-byte records"),
+    (write_tarball, "cifar-10-python.tar.gz", _half, "cifar-10-python.tar.gz"),
+], ids=["python", "binary", "tarball"])
+def test_a_truncated_file_is_named(tmp_path, write, damaged, cut, message):
+    """Each layout with one of its files cut short: refused, with that file's name."""
+    target = tmp_path / damaged.split("/")[0]
+    write(str(target), *make_images_pair())
+    path = tmp_path / damaged
+    path.write_bytes(cut(path.read_bytes()))
+    with pytest.raises(data.DataError, match=message):
+        data.load_cifar10(str(target), check_counts=False)
 
 
 @pytest.mark.parametrize("record, message", [

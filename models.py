@@ -11,13 +11,11 @@ import argparse
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+from rundir import UserError  # first: it sets TensorFlow's C++ log level before TensorFlow loads
 
 import keras
 import numpy as np
 from keras import layers
-
-from rundir import UserError
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

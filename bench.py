@@ -15,13 +15,12 @@ excluded, hardware named).
 import argparse
 import dataclasses
 import math
-import os
 import platform
 import statistics
 import sys
 import time
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+import rundir  # first: it sets TensorFlow's C++ log level before TensorFlow loads
 
 import keras
 import numpy as np
@@ -29,7 +28,6 @@ import numpy as np
 import augment
 import data
 import models
-import rundir
 import train
 
 BATCH_SIZE = train.Settings().batch_size  # training images a step: the paper's 64, from train.py's declaration

@@ -10,14 +10,12 @@ models take standardized 32x32x3 images (see data.py), as the report trained the
 import os
 import sys
 
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")  # keep TensorFlow's C++ start-up chatter out of our logs
+import rundir  # first: it sets TensorFlow's C++ log level before TensorFlow loads
+from rundir import UserError
 
 import keras
 import numpy as np
 from keras import layers
-
-import rundir
-from rundir import UserError
 
 INPUT_SHAPE = (32, 32, 3)
 NUM_CLASSES = 10

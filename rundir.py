@@ -28,8 +28,16 @@ import platform
 import sys
 import tempfile
 
-# Keep TensorFlow's C++ start-up chatter (CUDA probing, CPU flags) out of our logs.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# TensorFlow's C++ logging, set before TensorFlow loads (a value the user set wins). Level 2
+# drops its info and warnings (CPU flags and the like) and keeps errors. On Linux without
+# NVIDIA's driver the one error at start-up is TensorFlow's failed probe for CUDA ("failed
+# call to cuInit ... (303)"), so level 3 there; where the driver is installed (or WSL's GPU
+# device) a failing GPU still says why, and train.py's device line always names what was found.
+# The first lines TensorFlow prints ("All log messages before absl::InitializeLog()", oneDNN,
+# "cudart_stub.cc ... Could not find cuda drivers") come before its logging reads any setting.
+_NO_NVIDIA_DRIVER = sys.platform.startswith("linux") and not any(
+    os.path.exists(path) for path in ("/proc/driver/nvidia", "/dev/nvidiactl", "/dev/dxg"))
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3" if _NO_NVIDIA_DRIVER else "2")
 
 MODEL_FILE = "model.keras"
 STATS_FILE = "stats.json"

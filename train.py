@@ -410,13 +410,30 @@ def split_cpu(count):
         raise UserError(f"--cpu-devices {count}: TensorFlow is already initialized ({error})") from None
 
 
+class _MultiWorkerStrategy(tf.distribute.MultiWorkerMirroredStrategy):
+    """MultiWorkerMirroredStrategy with a reduce() that takes what Keras 3's fit passes it.
+
+    With two or more workers, fit failed before its first step (keras-team/keras#20585,
+    seen with Keras 3.15 on TF 2.18 and 2.21): it asks reduce() for a whole (x, y) batch
+    at once, and for the mean over axis 0 of each replica's scalar loss and metrics;
+    this strategy reduces one value at a time and has no axis 0 in a scalar. So: each
+    value of the structure on its own, and a scalar's mean over the replicas alone.
+    """
+
+    def reduce(self, reduce_op, value, axis):
+        def one(item):
+            scalar = self.experimental_local_results(item)[0].shape.rank == 0
+            return super(_MultiWorkerStrategy, self).reduce(reduce_op, item, None if scalar else axis)
+        return tf.nest.map_structure(one, value)
+
+
 def make_strategy(distribute):
     """The tf.distribute strategy for --distribute (none: the default strategy, one device)."""
     if distribute == "mirrored":
         return tf.distribute.MirroredStrategy()
     if distribute == "multiworker":
         # Reads TF_CONFIG; without it, a cluster of one worker.
-        return tf.distribute.MultiWorkerMirroredStrategy()
+        return _MultiWorkerStrategy()
     return tf.distribute.get_strategy()
 
 

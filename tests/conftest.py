@@ -1,8 +1,18 @@
-import os
+"""Session fixtures: a synthetic CIFAR-10 in an official layout, and real train.py runs on it.
+
+The evaluate, predict_image, plots and results tests read run folders that `train.train`
+itself wrote (once per session, a few seconds each), so a change of train.py's output
+breaks the tests that read it. A test that writes into a run works on a copy (`run_copy`).
+"""
+import dataclasses
+import shutil
 
 import pytest
 
 from cifar_fixtures import make_images, write_binary
+
+# What the session's runs share: a few steps an epoch on 2 CPU cores, and repeatable.
+TINY = {"limit": 64, "batch_size": 32, "augmentation": "none", "seed": 0}
 
 
 @pytest.fixture(scope="session")
@@ -15,3 +25,37 @@ def cifar_dir(tmp_path_factory):
     folder = tmp_path_factory.mktemp("cifar") / "cifar-10-batches-bin"
     write_binary(str(folder), make_images(50_000, seed=1), make_images(10_000, seed=2))
     return str(folder)
+
+
+@pytest.fixture(scope="session")
+def trained_vgg16(cifar_dir, tmp_path_factory):
+    """A vgg16 run on the report's schedule (plateau), 3 epochs, whose learning rate is really cut.
+
+    lr_patience 0 and an lr_min_delta that no val_loss can beat make ReduceLROnPlateau
+    act on every epoch after the first (the first improves on nothing): the rate is halved
+    after epoch 2, so history.json's learning_rate is [5e-4, 5e-4, 2.5e-4].
+    """
+    import train
+    settings = dataclasses.replace(train.recipe_settings("paper"), epochs=3, lr_patience=0, lr_min_delta=1e9,
+                                   **TINY)
+    run_dir = str(tmp_path_factory.mktemp("runs") / "vgg16")
+    train.train("vgg16", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
+    return run_dir
+
+
+@pytest.fixture(scope="session")
+def trained_alexnet(cifar_dir, tmp_path_factory):
+    """An alexnet run of --recipe fast (cosine schedule, per-step learning rate), 3 epochs."""
+    import train
+    settings = dataclasses.replace(train.recipe_settings("fast"), epochs=3, **TINY)
+    run_dir = str(tmp_path_factory.mktemp("runs") / "alexnet")
+    train.train("alexnet", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
+    return run_dir
+
+
+@pytest.fixture
+def run_copy(tmp_path):
+    """run_copy(run_dir, name="run"): a private copy of a session run, for a test that writes into it."""
+    def copy(run_dir, name="run"):
+        return shutil.copytree(run_dir, str(tmp_path / name))
+    return copy

@@ -1,6 +1,7 @@
 """plots.py: valid, non-empty figures in PNG, PDF and SVG; LR drops found; Figure 1 from a data folder."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -10,19 +11,20 @@ import data
 import evaluate
 import plots
 import rundir
-from run_fixtures import copy_run, trained_run
+from cifar_fixtures import make_images
+
+# The session's vgg16 run (conftest.trained_vgg16): ReduceLROnPlateau halves the rate after epoch 2.
+VGG16_RATES = [5e-4, 5e-4, 2.5e-4]
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """A vgg16 run with a metrics.json and an alexnet run without one (private copies)."""
-    base = tmp_path_factory.getbasetemp()
+def runs(trained_vgg16, trained_alexnet, tmp_path_factory):
+    """Copies of the session's runs: vgg16 (plateau, one real cut), evaluated; alexnet (cosine), not evaluated."""
     folder = tmp_path_factory.mktemp("plot_runs")
-    vgg16 = copy_run(trained_run("vgg16", base), folder / "vgg16")
-    alexnet = copy_run(trained_run("alexnet", base), folder / "alexnet")
-    probabilities = np.random.default_rng(0).dirichlet(np.ones(10), size=500)
-    labels = np.random.default_rng(1).integers(0, 10, size=500)
-    rundir.write_json(os.path.join(vgg16, rundir.METRICS_FILE), evaluate.compute_metrics(probabilities, labels))
+    vgg16 = shutil.copytree(trained_vgg16, str(folder / "vgg16"))
+    alexnet = shutil.copytree(trained_alexnet, str(folder / "alexnet"))
+    x_test, y_test = make_images(100, seed=6)
+    evaluate.evaluate_run(vgg16, x_test, y_test, batch_size=50)
     return vgg16, alexnet
 
 
@@ -56,25 +58,38 @@ def test_png_figures_for_several_runs(runs, tmp_path, capsys):
     assert os.stat(out / "loss.png").st_mode & 0o777 == 0o666 & ~mask  # readable as any saved file
 
 
-def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):
-    # Draw into a figure we can inspect: one solid and one dashed line per run, one LR marker each.
-    vgg16, alexnet = runs
+def test_the_plateau_run_has_a_real_learning_rate_cut(runs):
+    vgg16, _ = runs
+    history = plots.read_history(vgg16)
+    assert history["learning_rate"] == pytest.approx(VGG16_RATES)  # train.py's history, not a made-up one
+    assert plots.lr_reductions(history) == [3]
+
+
+def _draw_curves(runs, metric, tmp_path, monkeypatch):
+    """plot_curves over the runs, into a figure we can inspect (nothing is saved)."""
     curves = [(plots.run_label(run), plots.read_history(run), plots.run_schedule(run)) for run in runs]
-    plt = plots.pyplot()
     captured = {}
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
-    plots.plot_curves(curves, "accuracy", str(tmp_path / "a.png"))
-    axes = captured["figure"].axes[0]
+    plots.plot_curves(curves, metric, str(tmp_path / f"{metric}.png"))
+    return captured["figure"]
+
+
+def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):
+    # One solid and one dashed line per run; the plateau run's cut as one dotted marker.
+    vgg16, alexnet = runs
+    figure = _draw_curves(runs, "accuracy", tmp_path, monkeypatch)
+    axes = figure.axes[0]
     labels = [text.get_text() for text in axes.get_legend().get_texts()]
     assert labels == ["vgg16 training", "vgg16 validation", "alexnet training", "alexnet validation",
-                      "learning rate reduced"]
+                      "alexnet learning rate (right axis)", "learning rate reduced"]
     history = json.load(open(os.path.join(vgg16, rundir.HISTORY_FILE)))
     assert list(axes.lines[0].get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
+    assert list(axes.lines[1].get_ydata()) == pytest.approx([100 * a for a in history["val_accuracy"]])
     drops = [line for line in axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
-    # One marker a run, between the last epoch at the old rate and the first at the new one.
-    assert len(drops) == 2 and drops[0].get_xdata()[0] == plots.lr_reductions(history)[0] - 0.5
+    # Between epoch 2 (the last at the old rate) and epoch 3 (the first at the new one).
+    assert len(drops) == 1 and list(drops[0].get_xdata()) == [2.5, 2.5]
     assert "%" in axes.get_ylabel() and axes.get_xlabel() == "Epoch"
-    plt.close(captured["figure"])
+    plots.pyplot().close(figure)
 
 
 @pytest.mark.parametrize("fmt,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -104,8 +119,8 @@ def test_figure_1_grid_from_data_dir(runs, cifar_dir, tmp_path):
     _check_png(out / "cifar10_first48.png", (1000, 800))
 
 
-def test_run_without_history_is_one_line(runs, tmp_path, capsys):
-    run = copy_run(runs[1], tmp_path / "run")
+def test_run_without_history_is_one_line(runs, run_copy, tmp_path, capsys):
+    run = run_copy(runs[1])
     os.remove(os.path.join(run, rundir.HISTORY_FILE))
     with pytest.raises(SystemExit) as exit_info:
         plots.main([run, "--out", str(tmp_path / "figures")])
@@ -116,23 +131,16 @@ def test_run_without_history_is_one_line(runs, tmp_path, capsys):
 
 def test_a_continuous_schedule_is_drawn_as_a_learning_rate_curve(runs, tmp_path, monkeypatch):
     vgg16, alexnet = runs
-    history = plots.read_history(vgg16)
-    rates = [0.02, 0.1, 0.06, 0.0]  # a warm-up and a cosine, per epoch
-    cosine = {key: (value + value[-1:])[:4] if isinstance(value, list) else value for key, value in history.items()}
-    cosine.update(epoch=[1, 2, 3, 4], learning_rate=rates)
-    plt = plots.pyplot()
-    captured = {}
-    monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
-    plots.plot_curves([("fast", cosine, "cosine"), ("paper", history, "plateau")], "loss", str(tmp_path / "l.png"))
-    main_axes, rate_axes = captured["figure"].axes
-    assert list(rate_axes.lines[0].get_ydata()) == rates and list(rate_axes.lines[0].get_xdata()) == [1, 2, 3, 4]
+    rates = plots.read_history(alexnet)["learning_rate"]
+    assert len(rates) == 3 and len(set(rates)) == 3  # the cosine run's rate changes every epoch
+    figure = _draw_curves(runs, "loss", tmp_path, monkeypatch)
+    main_axes, rate_axes = figure.axes
+    assert list(rate_axes.lines[0].get_ydata()) == rates and list(rate_axes.lines[0].get_xdata()) == [1, 2, 3]
     assert "Learning rate" in rate_axes.get_ylabel()
-    labels = [text.get_text() for text in main_axes.get_legend().get_texts()]
-    assert "fast learning rate (right axis)" in labels and "learning rate reduced" in labels
-    # The cosine run's falling rate is not mistaken for plateau cuts: only the paper run has markers.
+    # Its falling rate is not mistaken for plateau cuts: only the vgg16 run's cut is marked.
     drops = [line for line in main_axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
-    assert len(drops) == len(plots.lr_reductions(history))
-    plt.close(captured["figure"])
+    assert [list(line.get_xdata()) for line in drops] == [[2.5, 2.5]]
+    plots.pyplot().close(figure)
 
 
 def test_confusion_matrix_shows_the_counts_with_class_names(runs, tmp_path, monkeypatch):
@@ -155,7 +163,6 @@ def test_confusion_matrix_shows_the_counts_with_class_names(runs, tmp_path, monk
 
 
 def test_run_schedule_reads_config(runs, tmp_path):
-    vgg16, _ = runs
-    assert plots.run_schedule(vgg16) == "plateau"  # the fixture's settings name no schedule
-    rundir.write_json(str(tmp_path / rundir.CONFIG_FILE), {"model": "vgg16", "settings": {"schedule": "cosine"}})
-    assert plots.run_schedule(str(tmp_path)) == "cosine"
+    vgg16, alexnet = runs
+    assert plots.run_schedule(vgg16) == "plateau" and plots.run_schedule(alexnet) == "cosine"
+    assert plots.run_schedule(str(tmp_path)) == "plateau"  # a folder without config.json: the report's

@@ -11,14 +11,8 @@ from PIL import Image
 import data
 import predict_image
 import rundir
-from run_fixtures import copy_run, trained_run
 
 RED, BLUE = (220, 30, 30), (30, 30, 220)
-
-
-@pytest.fixture(scope="module")
-def vgg16_run(tmp_path_factory):
-    return trained_run("vgg16", tmp_path_factory.getbasetemp())
 
 
 def _uniform(mode, size=(48, 40)):
@@ -148,7 +142,7 @@ def _bad_files(folder):
             "random.png": "not an image", "bomb.png": "pixels", "big.png": "pixels"}
 
 
-def test_bad_inputs_never_end_the_batch(vgg16_run, tmp_path, capsys):
+def test_bad_inputs_never_end_the_batch(trained_vgg16, tmp_path, capsys):
     bad = _bad_files(tmp_path)
     goods = []
     for name, mode in [("dog.jpg", "RGB"), ("cat.png", "RGBA"), ("grey.tiff", "I;16")]:
@@ -157,7 +151,7 @@ def test_bad_inputs_never_end_the_batch(vgg16_run, tmp_path, capsys):
         goods.append(str(tmp_path / name))
     paths = [goods[0]] + [str(tmp_path / name) for name in bad] + goods[1:]
     figure = tmp_path / "figure8.png"
-    assert predict_image.main([vgg16_run, *paths, "--save-figure", str(figure)]) == 2
+    assert predict_image.main([trained_vgg16, *paths, "--save-figure", str(figure)]) == 2
     out, err = capsys.readouterr()
     lines = err.strip().splitlines()
     assert len(lines) == len(bad)
@@ -173,9 +167,9 @@ def test_bad_inputs_never_end_the_batch(vgg16_run, tmp_path, capsys):
         assert drawn.format == "PNG" and drawn.width > 600 and drawn.height > 3 * 200
 
 
-def test_json_output_and_top_k(vgg16_run, tmp_path, capsys):
+def test_json_output_and_top_k(trained_vgg16, tmp_path, capsys):
     Image.new("RGB", (50, 50), RED).save(tmp_path / "red.webp")
-    assert predict_image.main([vgg16_run, str(tmp_path / "red.webp"), str(tmp_path / "gone.gif"),
+    assert predict_image.main([trained_vgg16, str(tmp_path / "red.webp"), str(tmp_path / "gone.gif"),
                                "--json", "--top", "5"]) == 2
     report = json.loads(capsys.readouterr().out)
     assert report["model"] == "vgg16"
@@ -186,12 +180,12 @@ def test_json_output_and_top_k(vgg16_run, tmp_path, capsys):
     assert probabilities == sorted(probabilities, reverse=True)
     assert bad == {"file": str(tmp_path / "gone.gif"), "error": "no such file"}
     Image.new("RGB", (50, 50), BLUE).save(tmp_path / "blue.bmp")
-    assert predict_image.main([vgg16_run, str(tmp_path / "blue.bmp")]) == 0
+    assert predict_image.main([trained_vgg16, str(tmp_path / "blue.bmp")]) == 0
 
 
 @pytest.mark.parametrize("remove", [rundir.MODEL_FILE, rundir.STATS_FILE])
-def test_run_folder_without_model_or_stats(vgg16_run, tmp_path, capsys, remove):
-    run = copy_run(vgg16_run, tmp_path / "run")
+def test_run_folder_without_model_or_stats(trained_vgg16, run_copy, tmp_path, capsys, remove):
+    run = run_copy(trained_vgg16)
     os.remove(os.path.join(run, remove))
     Image.new("RGB", (50, 50), RED).save(tmp_path / "red.png")
     with pytest.raises(SystemExit) as exit_info:
@@ -201,14 +195,14 @@ def test_run_folder_without_model_or_stats(vgg16_run, tmp_path, capsys, remove):
     assert err.startswith("predict_image.py: error: ") and remove in err and len(err.strip().splitlines()) == 1
 
 
-def test_tta_averages_the_photo_and_its_mirror(vgg16_run, tmp_path, capsys):
+def test_tta_averages_the_photo_and_its_mirror(trained_vgg16, tmp_path, capsys):
     image = Image.fromarray(np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8))
     image.save(tmp_path / "photo.png")
     image.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirror.png")
     path, mirror = str(tmp_path / "photo.png"), str(tmp_path / "mirror.png")
 
     def probabilities(*options):
-        assert predict_image.main([vgg16_run, path, mirror, "--json", *options]) == 0
+        assert predict_image.main([trained_vgg16, path, mirror, "--json", *options]) == 0
         results = json.loads(capsys.readouterr().out)["results"]
         return [np.array([r["probabilities"][name] for name in data.CLASS_NAMES]) for r in results]
     plain, flipped = probabilities()

@@ -1,6 +1,7 @@
 """results.py: records copied from real run folders, and the README's table built from them."""
 import json
 import os
+import shutil
 
 import pytest
 
@@ -8,13 +9,12 @@ import evaluate
 import results
 import rundir
 from cifar_fixtures import make_images
-from run_fixtures import copy_run, trained_run
 
 
 @pytest.fixture(scope="module")
-def evaluated_run(tmp_path_factory):
-    run = copy_run(trained_run("alexnet", tmp_path_factory.getbasetemp()),
-                   tmp_path_factory.mktemp("results_runs") / "alexnet_short")
+def evaluated_run(trained_alexnet, tmp_path_factory):
+    """A copy of the session's alexnet run, evaluated (with TTA) as results.py requires."""
+    run = shutil.copytree(trained_alexnet, str(tmp_path_factory.mktemp("results_runs") / "alexnet_short"))
     x_test, y_test = make_images(64, seed=4)
     evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta=True)
     return run
@@ -47,10 +47,10 @@ def test_collect_copies_the_three_records_and_table_reads_them(evaluated_run, tm
     ("unevaluated", "no metrics.json; run evaluate.py on it first"),
     ("missing", "does not exist"),
 ])
-def test_collect_refuses_unfinished_or_unevaluated_runs(evaluated_run, tmp_path, capsys, case, message):
+def test_collect_refuses_unfinished_or_unevaluated_runs(evaluated_run, run_copy, tmp_path, capsys, case, message):
     run = str(tmp_path / "missing_run")
     if case != "missing":
-        run = copy_run(evaluated_run, tmp_path / "run")
+        run = run_copy(evaluated_run)
     if case == "running":
         config = json.load(open(os.path.join(run, rundir.CONFIG_FILE)))
         rundir.write_json(os.path.join(run, rundir.CONFIG_FILE), dict(config, status="running"))

@@ -162,23 +162,35 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
     argv = ["alexnet", "--cpu-devices", "2", "--distribute", "mirrored", "--data-dir", cifar_dir,
             "--run-dir", run_dir, "--epochs", "6", *SMALL, "--lr-patience", "1", "--lr-min-delta", "1e9",
             "--stop-patience", "3", "--stop-min-delta", "1e9"]
+    # train.py, held after epoch 1's commit until the kill (its stdin never ends while this test
+    # lives), so the kill lands after epoch 1 however fast the machine: no race with epochs 2-4.
+    script = ("import sys, train\n"
+              "commit = train.RunFolderCheckpoint.commit\n"
+              "def commit_then_hold(self, epoch):\n"
+              "    commit(self, epoch)\n"
+              "    if epoch == 0:\n"
+              "        sys.stdin.read()\n"
+              "train.RunFolderCheckpoint.commit = commit_then_hold\n"
+              "sys.exit(train.main(sys.argv[1:]))\n")
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
-        process = subprocess.Popen([sys.executable, "train.py", *argv], cwd=ROOT, stdout=log,
-                                   stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        history_path = os.path.join(run_dir, rundir.HISTORY_FILE)
+        process = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, stdin=subprocess.PIPE,
+                                   stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
+        checkpoint = os.path.join(run_dir, train.CHECKPOINT_DIR)
         deadline = time.monotonic() + 240
-        while not (os.path.exists(history_path) and read(run_dir, rundir.HISTORY_FILE)["epoch"]):
+        while not (os.path.exists(os.path.join(checkpoint, train.STATE_FILE))
+                   and read(checkpoint, train.STATE_FILE)["epoch"] >= 1):
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.02)
         process.kill()  # SIGKILL: no handler, no clean-up runs
         process.wait()
+        process.stdin.close()
     assert "strategy mirrored (2 replica(s))" in log_path.read_text()
     config = read(run_dir, rundir.CONFIG_FILE)
     assert config["status"] == "running" and config["strategy"] == {"name": "mirrored", "replicas": 2}
-    done = read(os.path.join(run_dir, train.CHECKPOINT_DIR), train.STATE_FILE)["epoch"]
-    assert 1 <= done < 4, "the run finished before it could be killed"
+    done = read(checkpoint, train.STATE_FILE)["epoch"]
+    assert done == 1
 
     capsys.readouterr()
     assert train.main(["alexnet", "--resume", "--run-dir", run_dir, "--distribute", "none"]) == 0

@@ -849,11 +849,10 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
         else:  # killed after phase 1's last commit: nothing left to train in it
             callback_state = {key: state[key] for key in watchers}
         train_seconds = checkpoint.train_seconds
-        if settings.fine_tune_epochs:
+        if settings.fine_tune_epochs:  # model.keras: fine-tuning's last epoch
             train_seconds = _fine_tune(model, settings, history, callback_state, state if fine_tuning else None,
                                        x_train, y_train, x_valid, y_valid, stats, seed, steps_per_epoch,
                                        strategy, write_dir, train_seconds, verbose, log)
-        if settings.fine_tune_epochs:
             best_epoch = len(history["epoch"])
         else:  # model.keras holds EarlyStopping's best epoch, or (cosine) the last one.
             best_epoch = (callback_state["early_stopping"]["best_epoch"] + 1

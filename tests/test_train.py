@@ -209,27 +209,16 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
 
 # --- Recipes ------------------------------------------------------------------------
 
-def test_each_recipe_resolves_to_its_declared_values_and_flags_override():
-    paper = train.recipe_settings("paper")
-    assert paper == train.Settings()  # the paper's protocol is the dataclass defaults
-    fast = train.recipe_settings("fast")
-    assert fast.recipe == "fast"
-    for name, value in train.RECIPES["fast"].items():
-        assert getattr(fast, name) == value, name
-    untouched = set(train.Settings.__dataclass_fields__) - set(train.RECIPES["fast"]) - {"recipe"}
-    assert all(getattr(fast, name) == getattr(paper, name) for name in untouched)
-
-    parsed = train.build_parser().parse_args(["vgg16", "--recipe", "fast", "--epochs", "3",
-                                              "--learning-rate", "0.05"])
-    seen = {}
-    real_train = train.train
-    try:
-        train.train = lambda model, settings, *args, **kwargs: seen.update(settings=settings)
-        assert train.main(["vgg16", "--recipe", "fast", "--epochs", "3", "--learning-rate", "0.05"]) == 0
-    finally:
-        train.train = real_train
-    assert parsed.recipe == "fast"
-    assert seen["settings"] == train.dataclasses.replace(fast, epochs=3, learning_rate=0.05)
+def test_a_recipe_sets_the_defaults_and_flags_override_them(monkeypatch):
+    seen = []
+    monkeypatch.setattr(train, "train", lambda model, settings, *args, **kwargs: seen.append(settings))
+    assert train.main(["vgg16", "--recipe", "fast", "--epochs", "3", "--learning-rate", "0.05"]) == 0
+    assert train.main(["vgg16", "--epochs", "3"]) == 0
+    fast, paper = seen
+    assert fast == train.dataclasses.replace(train.recipe_settings("fast"), epochs=3, learning_rate=0.05)
+    assert (fast.schedule, fast.batch_size, fast.augmentation) == ("cosine", 256, "crop")  # the recipe's, not the defaults
+    assert paper == train.dataclasses.replace(train.Settings(), epochs=3)  # no --recipe: the paper's protocol
+    assert (paper.schedule, paper.batch_size, paper.learning_rate) == ("plateau", 64, 5e-4)
 
 
 def test_help_lists_every_recipe_and_what_it_sets(capsys):

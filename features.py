@@ -1,7 +1,7 @@
 """The frozen base's features of vgg16_pretrained, computed once, cached on disk as float16.
 
-    cache = features.load_or_build(extractor, {"train": ..., "train_mirror": ..., "valid": ...},
-                                   prepare, cache_dir, batch_size)
+    cache, folder, built = features.load_or_build(extractor, {"train": ..., "train_mirror": ..., "valid": ...},
+                                                  prepare, cache_dir, batch_size)
     head.fit(features.CachedFeatures(cache["train"], y_train, 64, mirrors=cache["train_mirror"]))
 
 A frozen base computes the same output for the same image every epoch; the report's
@@ -15,7 +15,9 @@ meta.json. The key is a hash of the feature model's configuration (image size,
 preprocessing, dtype policy), of its weights as loaded (so a changed weights file gives
 another key) and of the images (so another --limit or data set does too): a cache is
 reused only for exactly the same features. A folder is renamed into place only once
-complete, and a partial one (a full disk, an interrupt) is removed.
+complete; a partial one is removed on an error or an interrupt, and one left by a killed
+process (`<key>.partial-PID`, PID no longer running) by the next build in that folder.
+Caches are never deleted for you: each is one folder, safe to delete when no run uses it.
 """
 import errno
 import hashlib
@@ -34,7 +36,7 @@ import numpy as np
 CACHE_ENV = "CIFAR10_FEATURE_CACHE"  # overrides the default cache folder
 DEFAULT_CACHE_DIR = os.path.join("~", ".cache", "cifar10_keras", "features")
 FORMAT = 1  # bump when the layout below changes: old caches then get other keys
-DTYPE = np.float16  # half the disk and memory of float32; the head computes in float32
+DTYPE = np.float16  # half the disk and memory of float32; batches are cast back to float32
 META_FILE = "meta.json"
 
 
@@ -116,6 +118,7 @@ def load_or_build(extractor, parts, prepare, cache_dir=None, batch_size=64, log=
         log(f"features  {folder} does not match these weights and images; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
     need = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(DTYPE).itemsize
+    _remove_dead_partials(cache_dir, log)
     _build(extractor, parts, prepare, folder, key, shapes, need, batch_size, log)
     return _load(folder, key, shapes), folder, True
 
@@ -163,6 +166,25 @@ def _build(extractor, parts, prepare, folder, key, shapes, need, batch_size, log
                         f"({error.strerror or error}); pass --cache-dir") from None
     finally:
         shutil.rmtree(partial, ignore_errors=True)
+
+
+def _remove_dead_partials(cache_dir, log):
+    """Delete the `.partial-PID` folders of builds whose process is gone (a SIGKILL, a power cut)."""
+    if not os.path.isdir(cache_dir):
+        return
+    for entry in os.listdir(cache_dir):
+        _, marker, pid = entry.rpartition(".partial-")
+        if not marker or not pid.isdigit():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+            continue  # a live build (another run): leave it
+        except ProcessLookupError:
+            pass
+        except (PermissionError, OSError):  # exists under another user, or cannot tell: leave it
+            continue
+        log(f"features  removing {entry}, the partial cache of a build that was killed")
+        shutil.rmtree(os.path.join(cache_dir, entry), ignore_errors=True)
 
 
 def _size(folder):

@@ -199,10 +199,14 @@ def _vgg16_base(weights, input_shape):
         path = os.path.expanduser(str(weights))
         if not os.path.isfile(path):
             raise WeightsError(f"weights file '{weights}' does not exist")
-        with open(path, "rb") as handle:
-            if handle.read(len(HDF5_SIGNATURE)) != HDF5_SIGNATURE:
-                raise WeightsError(f"weights file '{weights}' is not an HDF5 file (Keras' VGG16 notop "
-                                   f"{VGG16_NOTOP_FILE} or a .weights.h5)")
+        try:
+            with open(path, "rb") as handle:
+                signature = handle.read(len(HDF5_SIGNATURE))
+        except OSError as error:
+            raise WeightsError(f"weights file '{weights}' cannot be read ({error.strerror or error})") from None
+        if signature != HDF5_SIGNATURE:
+            raise WeightsError(f"weights file '{weights}' is not an HDF5 file (Keras' VGG16 notop "
+                               f"{VGG16_NOTOP_FILE} or a .weights.h5)")
     try:
         return keras.applications.VGG16(include_top=False, weights=path or weights, input_shape=input_shape)
     except Exception as error:  # Keras raises bare Exception (download), OSError (h5py), ValueError

@@ -3,7 +3,8 @@
 A run folder (default `runs/<model>/`) is self-sufficient:
 
     model.keras    the best model by val_loss (or, on a cosine schedule, the last epoch),
-                   loadable by keras.saving.load_model alone
+                   loadable by keras.saving.load_model alone (with ImageNet preprocessing
+                   inside, once models.py is imported: load_model below does it)
     stats.json     the standardization statistics the model was trained with
     config.json    every resolved setting, data source, versions, device
     history.json   per-epoch metrics, learning rate and seconds

@@ -10,7 +10,10 @@ categorical cross-entropy, batch 64, up to 300 epochs, ReduceLROnPlateau and
 EarlyStopping on val_loss, the 45,000-image split standardized and augmented by the
 paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
 default (the paper augmented them too; --augment-validation reproduces that). RECIPES
-names other sets of defaults: `fast` trains in a tenth of the paper's epochs (README, Results).
+names other sets of defaults: `fast` trains in a tenth of the paper's epochs (README, Results);
+`transfer` gives vgg16_pretrained ImageNet's preprocessing, trains its head on the frozen
+base's features computed once (features.py), then fine-tunes block5 (phase 2 in
+history.json; model.keras is then the last epoch).
 
 Resume: after every epoch the run folder's checkpoint/ gets the model with its
 optimizer state (checkpoint/epoch_NNNN.keras) and then, as the commit, state.json with
@@ -209,6 +212,10 @@ def recipe_settings(recipe):
 
 def check_flags_used(settings, explicit):
     """UserError for a flag given explicitly that the resolved settings never read."""
+    for name in ("fine_tune_blocks", "fine_tune_learning_rate"):
+        if name in explicit and not settings.fine_tune_epochs:
+            raise UserError(f"--{name.replace('_', '-')} is not used with --fine-tune-epochs 0 (recipe "
+                            f"{settings.recipe}); it applies to runs that fine-tune")
     for field in dataclasses.fields(Settings):
         when = field.metadata.get("when")
         if field.name in explicit and when and getattr(settings, when[0]) not in when[1]:
@@ -283,6 +290,11 @@ def check_settings(model_name, settings):
                         f"{', '.join(models.VGG16_BASE_BLOCKS)}, comma-separated")
     if not (math.isfinite(s.fine_tune_learning_rate) and s.fine_tune_learning_rate > 0):
         raise UserError(f"fine-tune learning rate must be > 0, received {s.fine_tune_learning_rate!r}")
+    if s.preprocessing == "imagenet" and s.augmentation in ("idg", "fast"):
+        # The report's channel shift (0.1) and brightness assume standardized values; on
+        # 0-255 pixels the shift would be a tenth of a grey level.
+        raise UserError(f"--augmentation {s.augmentation} (the report's ImageDataGenerator) expects standardized "
+                        "images; with --preprocessing imagenet use crop or none")
     if s.cache_features and s.augment_validation:
         raise UserError("--cache-features computes the validation features once, from clean images; "
                         "it cannot be combined with --augment-validation")
@@ -753,7 +765,7 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
         if data_dir is None and previous.get("data_source") != data.describe_source(None):
             data_dir = previous.get("data_source")
         if cache_dir is None and previous.get("features"):  # the cache the run started with
-            cache_dir = os.path.dirname(previous["features"]["cache"])
+            cache_dir = previous["features"].get("cache_dir")
         state = _read_checkpoint(run_dir)
     initial_epoch = state["epoch"] if state else 0
     # Non-chief workers take part in every save (collective reads) but into a scratch folder.
@@ -778,7 +790,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                            dropout_scale=settings.dropout_scale,
                                            bn_momentum=settings.bn_momentum, image_size=settings.image_size,
                                            preprocessing=settings.preprocessing)
-            x_train, y_train, x_valid, y_valid = load_split(data_dir, settings.limit, settings.batch_size)
+            split = load_split(data_dir, settings.limit, settings.batch_size)
+            x_train, y_train, x_valid, y_valid = split
         except BaseException:
             if created and os.path.isdir(run_dir):  # leave no empty folder behind a failed start
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -837,22 +850,25 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
             callback_state = {key: state[key] for key in watchers}
         elif initial_epoch < settings.epochs and not (state and state["stopped"]):
             if settings.cache_features:
-                fit_model, inputs = _cached_head(model, settings, x_train, y_train, x_valid, y_valid, stats,
-                                                 seed, initial_epoch, cache_dir, config, write_dir, log)
+                fit_model, inputs = _cached_head(model, settings, split, stats, initial_epoch, cache_dir, config,
+                                                 write_dir, log)
                 checkpoint.saved_model = model  # the checkpoints hold the whole model, not the head
+                if checkpoint.best_weights is not None:
+                    checkpoint.best_weights = head_weights(model, fit_model, checkpoint.best_weights)
             else:
                 fit_model = model
                 inputs = make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch)
             fit_model.fit(**inputs, epochs=settings.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                           verbose=verbose)
+            del inputs  # a cached run's memory maps: phase 2 needs the memory
             callback_state = _callback_state(watchers)
         else:  # killed after phase 1's last commit: nothing left to train in it
             callback_state = {key: state[key] for key in watchers}
         train_seconds = checkpoint.train_seconds
         if settings.fine_tune_epochs:  # model.keras: fine-tuning's last epoch
             train_seconds = _fine_tune(model, settings, history, callback_state, state if fine_tuning else None,
-                                       x_train, y_train, x_valid, y_valid, stats, seed, steps_per_epoch,
-                                       strategy, write_dir, train_seconds, verbose, log)
+                                       split, stats, seed, steps_per_epoch, strategy, write_dir, train_seconds,
+                                       verbose, log)
             best_epoch = len(history["epoch"])
         else:  # model.keras holds EarlyStopping's best epoch, or (cosine) the last one.
             best_epoch = (callback_state["early_stopping"]["best_epoch"] + 1
@@ -875,12 +891,15 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
 
 
 def fine_tune_settings(settings):
-    """The settings of the fine-tuning phase: a constant fine_tune_learning_rate, the rest unchanged."""
+    """The settings of the fine-tuning phase: a constant fine_tune_learning_rate, the rest unchanged.
+
+    schedule "plateau" is what gives make_optimizer a constant rate; phase 2 gets no
+    ReduceLROnPlateau or EarlyStopping (see _fine_tune).
+    """
     return dataclasses.replace(settings, learning_rate=settings.fine_tune_learning_rate, schedule="plateau")
 
 
-def _cached_head(model, settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch, cache_dir,
-                 config, write_dir, log):
+def _cached_head(model, settings, split, stats, initial_epoch, cache_dir, config, write_dir, log):
     """Phase 1 on the frozen base's cached features: (the head model to fit, its fit() arguments).
 
     The head shares its layers (and the optimizer) with `model`, so training it trains
@@ -888,26 +907,48 @@ def _cached_head(model, settings, x_train, y_train, x_valid, y_valid, stats, see
     """
     import features  # only cached runs need it
 
+    x_train, y_train, x_valid, y_valid = split
+    cache_dir = os.path.abspath(cache_dir or features.default_cache_dir())
+    # Recorded before the build, which takes hours on a CPU: a run killed during it and
+    # resumed without --cache-dir builds (and later finds) its cache in the same place.
+    config["features"] = {"cache_dir": cache_dir}
+    rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
     cache, folder, built = features.load_or_build(
         models.feature_extractor(model),
         {"train": x_train, "train_mirror": x_train[:, :, ::-1], "valid": x_valid},
         lambda images: data.standardize(images, stats), cache_dir, settings.batch_size, log)
     meta = rundir.read_json(os.path.join(folder, features.META_FILE), "the feature cache's description")
-    config["features"] = {"cache": folder, "bytes": meta["bytes"], "build_seconds": meta["build_seconds"],
-                          "built_by_this_run": built, "dtype": meta["dtype"]}
+    config["features"].update({"cache": folder, "bytes": meta["bytes"], "build_seconds": meta["build_seconds"],
+                               "built_by_this_run": built, "dtype": meta["dtype"]})
     rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
     head = models.head_model(model)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"],
                  steps_per_execution=settings.steps_per_execution)
     labels_train, labels_valid = data.one_hot(y_train), data.one_hot(y_valid)
+    # The run's seed and the epoch, not the session's seed: a resumed run draws the order
+    # and flips of the epochs it would have had.
     return head, {
         "x": features.CachedFeatures(cache["train"], labels_train, settings.batch_size,
-                                     mirrors=cache["train_mirror"], shuffle=True, seed=seed, epoch=initial_epoch),
+                                     mirrors=cache["train_mirror"], shuffle=True, seed=settings.seed,
+                                     epoch=initial_epoch),
         "validation_data": features.CachedFeatures(cache["valid"], labels_valid, settings.batch_size)}
 
 
-def _fine_tune(model, settings, history, callback_state, state, x_train, y_train, x_valid, y_valid, stats,
-               seed, steps_per_epoch, strategy, write_dir, seconds_before, verbose, log):
+def head_weights(model, head, weights):
+    """The head's share of `weights` (a get_weights() of the whole model), for EarlyStopping.
+
+    A resumed cached run restores the whole model's best weights, while EarlyStopping
+    watches (and at the end restores) the head's.
+    """
+    current = model.get_weights()
+    model.set_weights(weights)
+    share = head.get_weights()
+    model.set_weights(current)
+    return share
+
+
+def _fine_tune(model, settings, history, callback_state, state, split, stats, seed, steps_per_epoch, strategy,
+               write_dir, seconds_before, verbose, log):
     """Phase 2: the base's fine_tune_blocks unfrozen, a constant small learning rate, augmented images.
 
     Runs the epochs after phase 1's (EarlyStopping may have ended it early) up to
@@ -929,7 +970,7 @@ def _fine_tune(model, settings, history, callback_state, state, x_train, y_train
                                      log=log, phase=2, frozen_state=callback_state)
     initial = len(history["epoch"])
     if initial < last:
-        inputs = make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial)
+        inputs = make_inputs(settings, *split, stats, seed, initial)
         model.fit(**inputs, epochs=last, initial_epoch=initial, callbacks=[checkpoint], verbose=verbose)
     return checkpoint.train_seconds
 
@@ -986,7 +1027,8 @@ def _print_summary(model_name, history, config, run_dir, log):
         return
     best = config["best_epoch"] - 1
     seconds = config["train_seconds"]
-    reason = ("early stopping" if epochs < config["settings"]["epochs"] else "epoch limit")
+    head_epochs = history.get("phase", [1] * epochs).count(1)  # fine-tuning epochs come after --epochs
+    reason = ("early stopping" if head_epochs < config["settings"]["epochs"] else "epoch limit")
     which = "model.keras: last epoch" if config.get("model_epoch") == "last" else "best epoch"
     log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s "
         f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} "
@@ -1061,10 +1103,15 @@ def main(argv=None):
         for name in PRETRAINED_ONLY:
             if name in explicit and args.model != "vgg16_pretrained":
                 raise UserError(f"--{name.replace('_', '-')} applies to vgg16_pretrained only, not {args.model}")
+        if args.cache_dir is not None and args.model != "vgg16_pretrained":
+            raise UserError(f"--cache-dir applies to vgg16_pretrained with --cache-features only, not {args.model}")
         use_saved = args.resume and os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE))
         base = load_settings(run_dir) if use_saved else recipe_settings(explicit.get("recipe", "paper"))
         settings = dataclasses.replace(base, **explicit)
         check_flags_used(settings, explicit)
+        if args.cache_dir is not None and not settings.cache_features:
+            raise UserError("--cache-dir is not used without --cache-features (recipe "
+                            f"{settings.recipe}); it applies to --cache-features")
         train(args.model, settings, run_dir, data_dir=args.data_dir, resume=args.resume,
               overwrite=args.overwrite, cache_dir=args.cache_dir)
     except KeyboardInterrupt:

@@ -126,15 +126,46 @@ def test_flags_of_the_pretrained_model_are_refused_elsewhere(cifar_dir, capsys, 
     for argv, message in (
             (["vgg16", "--recipe", "transfer"], "applies to vgg16_pretrained only, not vgg16"),
             (["alexnet", "--fine-tune-epochs", "2"], "--fine-tune-epochs applies to vgg16_pretrained only"),
-            (["vgg16_pretrained", "--fine-tune-blocks", "block6"], "unknown block 'block6'"),
+            (["vgg16_pretrained", "--fine-tune-epochs", "1", "--fine-tune-blocks", "block6"], "unknown block 'block6'"),
             (["vgg16_pretrained", "--image-size", "16"], "image size must be an integer >= 32"),
             (["vgg16_pretrained", "--recipe", "transfer", "--augment-validation"], "--augment-validation"),
+            (["vgg16_pretrained", "--preprocessing", "imagenet"], "--augmentation idg (the report's "),
+            (["vgg16_pretrained", "--fine-tune-learning-rate", "1e-4"], "is not used with --fine-tune-epochs 0"),
+            (["vgg16_pretrained", "--cache-dir", str(tmp_path)], "--cache-dir is not used without --cache-features"),
+            (["vgg16", "--cache-dir", str(tmp_path)], "--cache-dir applies to vgg16_pretrained"),
     ):
         with pytest.raises(SystemExit) as exit_info:
             train.main([*argv, "--data-dir", cifar_dir, "--run-dir", str(tmp_path / "never")])
         assert exit_info.value.code == 2
         assert message in capsys.readouterr().err
     assert not os.path.exists(tmp_path / "never")
+
+
+def test_a_fresh_interpreter_loads_a_model_with_imagenet_preprocessing(weights_file, tmp_path):
+    """model.keras holds the registered layer: rundir.load_model, as every script loads it, registers it."""
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    model = models.build_model("vgg16_pretrained", weights=weights_file, image_size=SIZE, preprocessing="imagenet")
+    model.save(str(run_dir / rundir.MODEL_FILE))
+    script = ("import sys, rundir\n"
+              "model = rundir.load_model(sys.argv[1])\n"
+              "print(model.get_layer('imagenet_preprocessing').__class__.__name__)\n")
+    process = subprocess.run([sys.executable, "-c", script, str(run_dir)], cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == 0, process.stderr[-2000:]
+    assert process.stdout.strip().splitlines()[-1] == "ImageNetPreprocessing"
+
+
+def test_head_weights_are_the_heads_share_of_the_models():
+    """A resumed cached run hands EarlyStopping the head's best weights, not the whole model's."""
+    keras.utils.set_random_seed(1)
+    model = models.build_model("vgg16_pretrained", weights=None, image_size=SIZE)
+    head = models.head_model(model)
+    best = [weight + 1.0 for weight in model.get_weights()]
+    share = train.head_weights(model, head, best)
+    assert len(share) == len(head.get_weights()) == 4 < len(best)
+    np.testing.assert_array_equal(share[0], model.get_layer("fc1").get_weights()[0] + 1.0)
+    head.set_weights(share)  # what EarlyStopping does with them at the end of the head phase
+    np.testing.assert_array_equal(model.get_layer("predictions").get_weights()[1], best[-1])
 
 
 # --- The cache --------------------------------------------------------------------------
@@ -261,6 +292,21 @@ def test_a_full_disk_while_writing_leaves_no_partial_cache(weights_file, tmp_pat
     assert len(writes) == 3 and os.listdir(tmp_path) == []
 
 
+def test_the_partial_cache_of_a_killed_build_is_removed_by_the_next(weights_file, tmp_path):
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead = tmp_path / f"0123abcd.partial-{finished.stdout.strip()}"  # that process has ended
+    live = tmp_path / f"4567cdef.partial-{os.getpid()}"  # this one runs
+    for folder in (dead, live):
+        folder.mkdir()
+        (folder / "train.f16").write_bytes(b"\0" * 64)
+    images, _ = make_images(16, seed=10)
+    lines = []
+    features.load_or_build(models.feature_extractor(_small_model(weights_file)), _parts(images), _pixels,
+                           str(tmp_path), batch_size=16, log=lines.append)
+    assert not dead.exists() and live.exists()
+    assert any("was killed" in line for line in lines)
+
+
 def test_too_little_free_space_is_refused_before_writing(weights_file, tmp_path, monkeypatch):
     images, _ = make_images(32, seed=9)
     monkeypatch.setattr(features.shutil, "disk_usage", lambda path: type("Usage", (), {"free": 1000})())
@@ -309,9 +355,11 @@ def test_scripts_feed_a_transfer_run_pixels(transfer_run, cifar_dir, tmp_path):
     x_test, y_test = x_test[:500], y_test[:500].ravel()
     metrics = evaluate.evaluate_run(run_dir, x_test, y_test, write=False)
     probabilities = model.predict(x_test.astype("float32"), verbose=0)  # raw 0-255 pixels
-    assert metrics["test_accuracy"] == pytest.approx(float(np.mean(np.argmax(probabilities, 1) == y_test)))
+    loss = float(keras.ops.mean(keras.losses.categorical_crossentropy(data.one_hot(y_test), probabilities)))
+    assert metrics["test_loss"] == pytest.approx(loss, rel=1e-5)
     standardized = model.predict(data.standardize(x_test, {"mean": 120.0, "std": 64.0}), verbose=0)
-    assert np.abs(standardized - probabilities).max() > 1e-3  # so feeding it standardized images would show
+    other = float(keras.ops.mean(keras.losses.categorical_crossentropy(data.one_hot(y_test), standardized)))
+    assert abs(other - loss) > 1e-3 * loss  # so feeding it standardized images would show
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     probabilities = predict_image.classify(model, stats, list(x_test[:4]))
     np.testing.assert_allclose(probabilities, model.predict(x_test[:4].astype("float32"), verbose=0), atol=1e-6)
@@ -326,8 +374,9 @@ def test_plots_mark_where_fine_tuning_starts(transfer_run, tmp_path):
     assert os.path.getsize(path) > 0
 
 
-@pytest.mark.parametrize("kill_after", [1, 3])  # inside the head phase, inside fine-tuning
-def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, weights_file, tmp_path, kill_after):
+@pytest.mark.parametrize("kill_after", [1, 2, 3])  # in the head phase, between the phases, in fine-tuning
+def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, weights_file, tmp_path, kill_after,
+                                                    monkeypatch):
     run_dir, cache_dir = transfer_run
     whole = read(run_dir, rundir.HISTORY_FILE)
     killed = str(tmp_path / "killed")
@@ -344,6 +393,19 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
     assert process.returncode == -9, process.stderr[-2000:]
     state = read(os.path.join(killed, train.CHECKPOINT_DIR), train.STATE_FILE)
     assert state["epoch"] == kill_after and state["phase"] == (1 if kill_after < 3 else 2)
+    def kernels(model):
+        return (model.get_layer("fc1").get_weights()[0],
+                model.get_layer("vgg16").get_layer("block5_conv3").get_weights()[0])
+    at_kill = kernels(keras.saving.load_model(os.path.join(killed, train.CHECKPOINT_DIR, state["checkpoint"])))
+    best_head = kernels(rundir.load_model(killed))[0]  # model.keras: phase 1's best epoch so far
+    # What each fit() of the resumed session starts from (the whole model, also when the head is fit).
+    starts = []
+    begin = train.RunFolderCheckpoint.on_train_begin
+
+    def record_then_begin(self, logs=None):
+        starts.append((self.phase, kernels(self.saved_model or self.model)))
+        begin(self, logs)
+    monkeypatch.setattr(train.RunFolderCheckpoint, "on_train_begin", record_then_begin)
     lines = []
     # No cache_dir: a resumed run finds the cache its config.json names.
     assert train.train("vgg16_pretrained", train.load_settings(killed), killed, resume=True, log=lines.append)
@@ -359,6 +421,11 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
     config = read(killed, rundir.CONFIG_FILE)
     assert config["status"] == "complete" and len(config["resumed"]) == 1
     assert not os.path.exists(os.path.join(killed, train.CHECKPOINT_DIR))
+    # The session went on from the killed run's weights, in the phase it was in.
+    assert [phase for phase, _ in starts] == {1: [1, 2], 2: [2], 3: [2]}[kill_after]
+    first_fc1, first_block5 = starts[0][1]
+    np.testing.assert_array_equal(first_block5, at_kill[1])
+    np.testing.assert_array_equal(first_fc1, best_head if kill_after == 2 else at_kill[0])
 
 
 def test_bench_times_the_ways_to_train_the_pretrained_model(cifar_dir, tmp_path, monkeypatch):

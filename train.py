@@ -963,7 +963,8 @@ def _fine_tune(model, settings, history, callback_state, state, split, stats, se
         with strategy.scope():
             opened = models.unfreeze(model, fine_tune_blocks(settings))
             compile_model(model, fine_tune_settings(settings), steps_per_epoch)
-        log(f"{PROG}: fine-tuning epochs {first + 1}-{last}: {', '.join(opened)} unfrozen "
+        epochs = f"epoch {last}" if last == first + 1 else f"epochs {first + 1}-{last}"
+        log(f"{PROG}: fine-tuning {epochs}: {', '.join(opened)} unfrozen "
             f"({models.count_parameters(model)[1]:,} trainable parameters), learning rate "
             f"{settings.fine_tune_learning_rate:g}, augmentation {settings.augmentation}")
     checkpoint = RunFolderCheckpoint(write_dir, {}, history, last, state=state, seconds_before=seconds_before,
@@ -1030,7 +1031,10 @@ def _print_summary(model_name, history, config, run_dir, log):
     head_epochs = history.get("phase", [1] * epochs).count(1)  # fine-tuning epochs come after --epochs
     reason = ("early stopping" if head_epochs < config["settings"]["epochs"] else "epoch limit")
     which = "model.keras: last epoch" if config.get("model_epoch") == "last" else "best epoch"
-    log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s "
+    cache = config.get("features") or {}
+    building = (f" (and {cache['build_seconds']:.1f} s building the feature cache)"
+                if cache.get("built_by_this_run") else "")
+    log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s{building} "
         f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} "
         f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "
         f"{100 * history['val_accuracy'][best]:.2f} %; run folder {run_dir}")

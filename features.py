@@ -115,7 +115,7 @@ def load_or_build(extractor, parts, prepare, cache_dir=None, batch_size=64, log=
         log(f"features  cached in {folder} ({_size(folder) / 1e9:.2f} GB), reused")
         return cached, folder, False
     if os.path.isdir(folder):  # not this cache after all (damaged or incomplete): never reused
-        log(f"features  {folder} does not match these weights and images; rebuilding it")
+        log(f"features  {folder} is damaged or incomplete; rebuilding it")
         shutil.rmtree(folder, ignore_errors=True)
     need = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(DTYPE).itemsize
     _remove_dead_partials(cache_dir, log)
@@ -170,7 +170,7 @@ def _build(extractor, parts, prepare, folder, key, shapes, need, batch_size, log
 
 def _remove_dead_partials(cache_dir, log):
     """Delete the `.partial-PID` folders of builds whose process is gone (a SIGKILL, a power cut)."""
-    if not os.path.isdir(cache_dir):
+    if not os.path.isdir(cache_dir) or os.name == "nt":  # Windows' os.kill(pid, 0) would end the process
         return
     for entry in os.listdir(cache_dir):
         _, marker, pid = entry.rpartition(".partial-")

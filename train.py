@@ -703,6 +703,8 @@ def _print_start(model_name, model, settings, config, run_dir, initial_epoch, po
         + (f" (resuming after epoch {initial_epoch})" if initial_epoch else ""))
     log("  settings")
     for field in dataclasses.fields(Settings):
+        if field.name in PRETRAINED_ONLY and model_name != "vgg16_pretrained":
+            continue  # what the model never reads
         log(f"    {field.name:<20} {getattr(settings, field.name)!s:<10} {field.metadata['about']}")
 
 

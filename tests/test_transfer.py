@@ -333,7 +333,7 @@ def test_a_transfer_run_records_both_phases(transfer_run, weights_file):
     assert history["epoch"] == [1, 2, 3, 4] and history["phase"] == [1, 1, 2, 2]
     assert history["learning_rate"][2:] == pytest.approx([1e-5, 1e-5])  # fine-tuning's constant rate
     config = read(run_dir, rundir.CONFIG_FILE)
-    assert config["status"] == "complete" and config["model_epoch"] == "last" and config["best_epoch"] == 4
+    assert config["status"] == "complete" and config["model_epoch"] == "last"
     assert config["features"]["built_by_this_run"] and config["features"]["cache"].startswith(str(cache_dir))
     assert config["features"]["bytes"] == (128 * 2 + 64) * 512 * 2  # train, mirrors, validation; 1x1x512 float16
     assert read(run_dir, rundir.STATS_FILE)["input"] == data.PIXEL_INPUT
@@ -365,13 +365,20 @@ def test_scripts_feed_a_transfer_run_pixels(transfer_run, cifar_dir, tmp_path):
     np.testing.assert_allclose(probabilities, model.predict(x_test[:4].astype("float32"), verbose=0), atol=1e-6)
 
 
-def test_plots_mark_where_fine_tuning_starts(transfer_run, tmp_path):
+def test_plots_mark_where_fine_tuning_starts(transfer_run, tmp_path, monkeypatch):
     run_dir, _ = transfer_run
     history = read(run_dir, rundir.HISTORY_FILE)
-    assert plots.fine_tune_start(history) == 3
-    assert plots.lr_reductions(history) == []  # the new optimizer's rate is not a cut
-    path = plots.plot_curves([("transfer", history, "plateau")], "accuracy", str(tmp_path / "accuracy.png"))
-    assert os.path.getsize(path) > 0
+    captured = {}
+    monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
+    plots.plot_curves([("transfer", history, plots.run_schedule(run_dir))], "accuracy", str(tmp_path / "a.png"))
+    axes = captured["figure"].axes[0]
+    # One solid vertical line between epoch 2 (the head's last) and epoch 3 (fine-tuning's first);
+    # the drop from 5e-4 to 1e-5 there is a new optimizer, not a learning-rate cut.
+    verticals = [line for line in axes.lines if len(set(line.get_xdata())) == 1 and len(line.get_xdata()) == 2]
+    assert [(line.get_linestyle(), line.get_xdata()[0]) for line in verticals] == [("-", 2.5)]
+    labels = [text.get_text() for text in axes.get_legend().get_texts()]
+    assert "fine-tuning starts" in labels and "learning rate reduced" not in labels
+    plots.pyplot().close(captured["figure"])
 
 
 @pytest.mark.parametrize("kill_after", [1, 2, 3])  # in the head phase, between the phases, in fine-tuning

@@ -303,8 +303,9 @@ def main(argv=None):
     data.add_data_dir_argument(parser)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(models.MODELS)} (default: %(default)s)")
-    parser.add_argument("--images", type=_positive, default=DEFAULT_IMAGES,
-                        help="training images a timed epoch (default: %(default)s)")
+    parser.add_argument("--images", type=_positive,
+                        help=f"training images a timed epoch (default: {DEFAULT_IMAGES}; {TRANSFER_IMAGES} with "
+                        "--transfer)")
     parser.add_argument("--test-images", type=_positive, default=data.OFFICIAL_COUNTS["test"],
                         help="test images to predict (default: all %(default)s)")
     parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
@@ -316,13 +317,14 @@ def main(argv=None):
                         "with the full-split figures they extrapolate to")
     args = parser.parse_args(argv)
     if args.transfer:
-        return _main_transfer(args, argv)
+        return _main_transfer(args)
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in names if name not in models.MODELS]
     if unknown or not names:
         raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
                                f"choose from {', '.join(models.MODELS)}")
-    x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images, args.test_images)
+    x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images or DEFAULT_IMAGES,
+                                                      args.test_images)
     cpu, bf16 = rundir.cpu_description()
     print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: { {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
     print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
@@ -336,8 +338,8 @@ def main(argv=None):
     return 0
 
 
-def _main_transfer(args, argv):
-    images = args.images if "--images" in (argv if argv is not None else sys.argv) else TRANSFER_IMAGES
+def _main_transfer(args):
+    images = args.images or TRANSFER_IMAGES
     x_train, y_train, _, stats = load_bench_data(args.data_dir, images, 1)
     cpu, bf16 = rundir.cpu_description()
     print(f"device: {rundir.device_description()}; {cpu}; AVX-512/AMX BF16: "

@@ -218,7 +218,7 @@ def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel():
     seed = np.array([5, 9])
     matrices = augment.crop_matrices(64, seed).numpy()
     out = augment.crop_batch(images, seed).numpy()
-    pad = augment.CROP_PADDING
+    pad = 4  # pixels each way, as He et al. 2016 and the fast recipe's --help say
     flips, shifts = 0, set()
     for image, result, (sign, _, offset_x, _, _, shift_y, _, _) in zip(images, out, matrices):
         flipped = sign < 0
@@ -236,7 +236,7 @@ def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel():
 def test_crop_draws_every_offset_and_flips_half_the_images():
     matrices = augment.crop_matrices(DRAWS, np.array([1, 2])).numpy()
     shift_y = matrices[:, 5]
-    assert set(np.unique(shift_y)) == set(range(-augment.CROP_PADDING, augment.CROP_PADDING + 1))
+    assert set(np.unique(shift_y)) == set(range(-4, 5))  # every shift of the pad-4 crop
     assert abs(float(np.mean(matrices[:, 0] < 0)) - 0.5) < 0.02
 
 
@@ -263,22 +263,52 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     import keras
     from keras import layers
 
+    seen = []  # (batch sizes, compute dtype) of the model each training measurement fitted
+    fitting = []  # the batch sizes of the fit under way
+
+    class Recorder(layers.Layer):
+        """Notes the batch size of each call in a fit: run eagerly, it sees every real batch."""
+
+        def call(self, x):
+            if fitting:
+                fitting[0].add(int(x.shape[0]))
+            return x
+
     def tiny_model(name, weights=None):
         # Tracing a real network costs 6-10 s a measurement here; a tiny one keeps the
         # whole command (seven measurements) to a few seconds. test_models covers the real ones.
         inputs = keras.Input((32, 32, 3))
-        x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3)(inputs))
+        x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, name="conv")(Recorder()(inputs)))
         return keras.Model(inputs, layers.Dense(10, activation="softmax", dtype="float32")(x), name=name)
+
+    fit = keras.Model.fit
+
+    def recording_fit(model, *args, **kwargs):
+        seen.append((set(), model.get_layer("conv").compute_dtype))
+        fitting.append(seen[-1][0])
+        model.run_eagerly = True
+        try:
+            return fit(model, *args, **kwargs)
+        finally:
+            fitting.clear()
     monkeypatch.setattr(bench.models, "build_model", tiny_model)
-    monkeypatch.setattr(bench, "SLOW_MIXED_IMAGES", 32)
+    monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    monkeypatch.setattr(bench, "SLOW_MIXED_IMAGES", 128)  # two batches of 64, when mixed is emulated
     out = tmp_path / "bench.json"
-    assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "64",
+    # 320 images: five batches of the paper's 64, a full batch of the fast recipe's 256 and a rest.
+    assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "320",
                        "--test-images", "64", "--repeats", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert report["settings"]["train_images"] == 64 and report["device"] and report["cpu"]
-    assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == list(bench.PIPELINES)
-    assert [r["batch_size"] for r in report["training"]] == [64, 64, 64, 64, 256]
-    assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in report["training"])
+    assert report["settings"]["train_images"] == 320 and report["device"] and report["cpu"]
+    training = report["training"]
+    assert [(r["pipeline"], r["precision"]) for r in training] == [
+        ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("crop", "float32"), ("crop", "float32")]
+    # Each row's batch size is the one its model trained with (the largest batch it saw: the
+    # last batch of an epoch may be smaller), and mixed rows trained in a 16-bit dtype.
+    assert [r["batch_size"] for r in training] == [max(sizes) for sizes, _ in seen]
+    assert sorted({max(sizes) for sizes, _ in seen}) == [64, 256]  # both batch sizes were measured
+    assert [r["precision"] == "mixed" for r in training] == [dtype != "float32" for _, dtype in seen]
+    assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in training)
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
     assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])
     assert keras.config.dtype_policy().name == "float32"  # the mixed policy never leaks out

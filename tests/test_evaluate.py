@@ -64,19 +64,19 @@ def test_evaluate_run_is_consistent_with_its_predictions(trained_vgg16, run_copy
     top5 = np.argsort(probabilities, axis=1)[:, -5:]  # the five most probable classes of each image
     assert metrics["top5_accuracy"] == pytest.approx(np.mean([label in row for label, row in zip(y_test, top5)]))
 
-    matrix = np.array(metrics["confusion_matrix"])
-    assert matrix.shape == (10, 10) and matrix.sum() == len(x_test) == metrics["test_images"]
-    assert np.trace(matrix) == np.sum(predicted == y_test)
-    assert (matrix.sum(axis=1) == np.bincount(y_test, minlength=10)).all()  # rows are the true class
+    assert metrics["test_images"] == 160
+    expected = np.zeros((10, 10), int)
+    np.add.at(expected, (y_test, predicted), 1)  # rows: the true class, columns: the predicted one
+    np.testing.assert_array_equal(metrics["confusion_matrix"], expected)
     for index, name in enumerate(data.CLASS_NAMES):
-        assert metrics["per_class_accuracy"][name] == pytest.approx(matrix[index, index] / matrix[index].sum())
+        assert (y_test == index).any()  # every class is among the 160 images
+        assert metrics["per_class_accuracy"][name] == pytest.approx(np.mean(predicted[y_test == index] == index))
 
     on_disk = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
     assert CONTRACT_KEYS <= set(on_disk)
     assert on_disk["test_accuracy"] == metrics["test_accuracy"]
     assert on_disk["batch_size"] == 32 and on_disk["model"] == "vgg16"
     assert on_disk["predict_seconds"] > 0 and on_disk["load_seconds"] > 0
-    assert on_disk["ms_per_image"] == pytest.approx(1000 * on_disk["predict_seconds"] / 160)
     assert not [name for name in os.listdir(run) if name.startswith(".") and name != rundir.LOCK_FILE]  # no temporary
 
 
@@ -85,16 +85,17 @@ def test_command_line_two_runs_prints_table_2(trained_vgg16, trained_alexnet, ru
     assert evaluate.main(runs + ["--data-dir", cifar_dir, "--limit", "200", "--batch-size", "100"]) == 0
     out = capsys.readouterr().out
     assert "Table 2" in out and "confusion matrix" in out
-    table = out[out.index("Table 2"):]
-    vgg_line = next(line for line in table.splitlines() if line.startswith("Scratch VGG16"))
-    alex_line = next(line for line in table.splitlines() if line.startswith("Scratch AlexNet"))
-    assert vgg_line.split()[-2:] == ["4", "90"] and alex_line.split()[-2:] == ["3", "74"]
-    for run in runs:
+    table = out[out.index("Table 2"):].splitlines()
+    for run, label in zip(runs, ["Scratch VGG16", "Scratch AlexNet"]):
         metrics = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
         assert CONTRACT_KEYS <= set(metrics)
         assert metrics["test_images"] == 200 and metrics["batch_size"] == 100
         assert np.array(metrics["confusion_matrix"]).sum() == 200
-        assert f"{100 * metrics['test_accuracy']:.1f}" in (vgg_line if "vgg16" in run else alex_line)
+        # Our columns: the run, Δt (s) to predict the test images, accuracy %; then the paper's two.
+        line = next(line for line in table if line.startswith(label))
+        run_name, seconds, accuracy = line[len(label):].split()[:3]
+        assert run_name == os.path.basename(run)
+        assert (seconds, accuracy) == (f"{metrics['predict_seconds']:.1f}", f"{100 * metrics['test_accuracy']:.1f}")
 
 
 @pytest.mark.parametrize("remove", [None, rundir.MODEL_FILE, rundir.STATS_FILE])

@@ -32,7 +32,9 @@ def test_every_script_has_help_and_is_in_the_readme(script, capsys):
 
 
 @pytest.mark.parametrize("script", SCRIPTS)
-def test_importing_a_script_runs_nothing(script, capsys):
+def test_importing_a_script_runs_nothing(script, capsys, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # a script that ran would write here: runs/, bench.json, results/...
     importlib.reload(importlib.import_module(script))
     captured = capsys.readouterr()
     assert captured.out == ""
+    assert os.listdir(tmp_path) == []

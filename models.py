@@ -197,6 +197,8 @@ def _vgg16_base(weights, input_shape):
     path = None
     if weights not in (None, "imagenet"):
         path = os.path.expanduser(str(weights))
+        if os.path.isdir(path):
+            raise WeightsError(f"weights file '{weights}' is a folder; pass the .h5 file inside it")
         if not os.path.isfile(path):
             raise WeightsError(f"weights file '{weights}' does not exist")
         try:

@@ -276,7 +276,9 @@ def check_settings(model_name, settings):
     if s.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package (python -m pip install tensorboard)")
     if model_name != "vgg16_pretrained":
-        for name in PRETRAINED_ONLY[1:]:  # weights: resolve_settings clears it for these models
+        for name in PRETRAINED_ONLY:
+            if name == "weights":  # resolve_settings clears it for these models (saved runs hold None)
+                continue
             if getattr(s, name) != Settings.__dataclass_fields__[name].default:
                 raise UserError(f"--{name.replace('_', '-')} {getattr(s, name)} (recipe {s.recipe}) applies to "
                                 f"vgg16_pretrained only, not {model_name}")

@@ -97,6 +97,7 @@ def test_the_weights_file_is_loaded(weights_file):
 
 @pytest.mark.parametrize("damage, reason", [
     ("missing", "does not exist"),
+    ("folder", "is a folder; pass the .h5 file inside it"),
     ("text", "is not an HDF5 file"),
     ("truncated", "is truncated or damaged"),
     ("resnet", "does not hold the weights of a VGG16 base"),
@@ -104,7 +105,9 @@ def test_the_weights_file_is_loaded(weights_file):
 def test_bad_weights_files_are_one_line_and_leave_no_run_folder(weights_file, cifar_dir, tmp_path, capsys,
                                                                damage, reason):
     path = str(tmp_path / "weights.h5")
-    if damage == "text":
+    if damage == "folder":
+        os.makedirs(path)
+    elif damage == "text":
         with open(path, "w") as handle:
             handle.write("not weights\n")
     elif damage == "truncated":

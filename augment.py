@@ -195,7 +195,31 @@ def crop_batch(images, seed):
 AUGMENTERS = {"paper": augment_batch, "crop": crop_batch}  # make_dataset's augment= choices
 
 
-def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None):
+def cutout_masks(count, size, seed, image_shape=IMAGE_SHAPE):
+    """(count, H, W, 1) float32 masks: 0 inside one size x size square per image, 1 elsewhere.
+
+    Cutout (DeVries & Taylor 2017): the square's centre is uniform over the whole image,
+    so a square near an edge is partly outside it and hides less, as in the paper's code.
+    """
+    height, width = image_shape[0], image_shape[1]
+    # Uniform in [0, 1) scaled to each side: the integer op takes one scalar maxval for both axes.
+    unit = tf.random.stateless_uniform([count, 2], tf.cast(seed, tf.int64))
+    centres = tf.cast(tf.floor(unit * tf.constant([height, width], tf.float32)), tf.int32)
+    low = centres - size // 2  # the square covers [low, low + size) on each axis
+    rows = tf.range(height)[None, :, None]
+    cols = tf.range(width)[None, None, :]
+    inside = ((rows >= low[:, 0, None, None]) & (rows < low[:, 0, None, None] + size)
+              & (cols >= low[:, 1, None, None]) & (cols < low[:, 1, None, None] + size))
+    return tf.cast(~inside, tf.float32)[..., None]
+
+
+def cutout_batch(images, size, seed):
+    """Zero one random size x size square of each standardized image (0 is the data's mean)."""
+    images = tf.convert_to_tensor(images, tf.float32)
+    return images * cutout_masks(tf.shape(images)[0], size, seed, images.shape[1:])
+
+
+def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None, cutout=0):
     """A tf.data pipeline of standardized (and optionally augmented) batches.
 
     Args:
@@ -207,6 +231,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
             ImageDataGenerator) or "crop" (random pad-and-crop and flip).
         shuffle: reshuffle the images every pass (every epoch).
         seed: makes the order and the augmentation repeatable; None draws afresh.
+        cutout: with `augment`, the side in pixels of a square zeroed in each image
+            after the transform (cutout_batch); 0: none.
 
     Returns:
         A `tf.data.Dataset` of (float32 images (B, 32, 32, 3), labels (B, 10)), one
@@ -222,6 +248,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         raise ValueError(f"batch_size must be a positive integer, received {batch_size!r}")
     if augment is not None and augment not in AUGMENTERS:
         raise ValueError(f"unknown augment {augment!r}; choose None or one of {', '.join(AUGMENTERS)}")
+    if not isinstance(cutout, (int, np.integer)) or cutout < 0 or (cutout and augment is None):
+        raise ValueError(f"cutout must be an integer >= 0, used with an augment, received {cutout!r}")
     mean, std = (np.float32(value) for value in standardization(stats))
     images_table, labels_table = tf.constant(images), tf.constant(labels)
 
@@ -242,7 +270,10 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
 
         def augmented(index, batch_seed):
             x, y = standardized(index)
-            return augment_fn(x, batch_seed), y
+            if not cutout:
+                return augment_fn(x, batch_seed), y
+            transform_seed, cutout_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=2))
+            return cutout_batch(augment_fn(x, transform_seed), cutout, cutout_seed), y
         dataset = tf.data.Dataset.zip(batches, seeds).map(
             augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

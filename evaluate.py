@@ -2,15 +2,17 @@
 
     python evaluate.py runs/vgg16 runs/alexnet --data-dir /data/cifar10
     python evaluate.py runs/vgg16_fast --tta     # also: each image and its mirror, averaged
+    python evaluate.py runs/vgg16_fast --tta flip-translate   # and both moved by 1 px (6 views)
 
 Each run is evaluated on the 10,000 test images standardized with that run's own
 stats.json (never statistics of the test set). The model predicts the test set once,
 after an untimed warm-up; accuracy, loss (categorical cross-entropy), top-5 accuracy,
 per-class accuracy and the confusion matrix are all computed from those predictions,
 and written with the timing to `metrics.json` in the run folder (Gomez Cruz 2025,
-section 4, Table 2). With --tta, a second pass predicts every image's mirror and the
-two probability vectors are averaged (test-time augmentation with the horizontal flip
-the models trained on); `test_accuracy_tta` and `test_loss_tta` join the plain figures.
+section 4, Table 2). With --tta, more passes predict other views of every image (its
+mirror; with flip-translate also 1-pixel moves, the augmentations the fast recipes
+trained on) and the probability vectors are averaged with TTA_MODES' weights;
+`test_accuracy_tta`, `test_loss_tta`, `tta_mode` and `tta_views` join the plain figures.
 """
 import datetime
 import os
@@ -92,15 +94,62 @@ def mirrored(images):
     return np.asarray(images)[:, :, ::-1, :]
 
 
-def predict_tta(model, images, batch_size, plain=None):
-    """Probabilities averaged over each image and its mirror (test-time augmentation).
+def translated(images, rows, cols):
+    """The images moved by (rows, cols) whole pixels (|shift| <= 1), edges filled as in training.
+
+    The fill mirrors the edge pixel (numpy's "symmetric"), as the crop augmentation's
+    "reflect" fill does (augment.crop_batch), so a view shows what training showed.
+    """
+    images = np.asarray(images)
+    padded = np.pad(images, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")
+    height, width = images.shape[1:3]
+    return padded[:, 1 - rows:1 - rows + height, 1 - cols:1 - cols + width, :]
+
+
+# Test-time augmentation: mode -> ((weight, row shift, column shift, mirrored), ...). The
+# weights sum to 1. flip-translate is airbench94's level 2 (Jordan 2024): half the weight
+# on the image and its mirror, a quarter each on both moved one pixel down-right and
+# one pixel up-left (with their mirrors), about one training epoch in ten's worth.
+TTA_MODES = {
+    "flip": ((0.5, 0, 0, False), (0.5, 0, 0, True)),
+    "flip-translate": ((0.25, 0, 0, False), (0.25, 0, 0, True),
+                       (0.125, 1, 1, False), (0.125, 1, 1, True),
+                       (0.125, -1, -1, False), (0.125, -1, -1, True)),
+}
+
+
+def tta_views(mode):
+    """The views of a TTA mode, as words for metrics.json: ["image", "mirror", "down-right 1 px", ...]."""
+    if mode not in TTA_MODES:
+        raise UserError(f"unknown --tta mode '{mode}'; choose one of {', '.join(TTA_MODES)}")
+    names = []
+    for weight, rows, cols, mirror in TTA_MODES[mode]:
+        where = "" if not (rows or cols) else (" moved down-right 1 px" if rows > 0 else " moved up-left 1 px")
+        names.append(f"{'mirror' if mirror else 'image'}{where} (weight {weight:g})")
+    return names
+
+
+def tta_inputs(images, mode):
+    """[(weight, view of the images (N, H, W, C)), ...] for TTA_MODES[mode]; the first view is the images."""
+    tta_views(mode)  # the one check of the mode
+    inputs = []
+    for weight, rows, cols, mirror in TTA_MODES[mode]:
+        view = translated(images, rows, cols) if rows or cols else np.asarray(images)
+        inputs.append((weight, mirrored(view) if mirror else view))
+    return inputs
+
+
+def predict_tta(model, images, batch_size, plain=None, mode="flip"):
+    """Probabilities averaged over the views of TTA_MODES[mode] (test-time augmentation).
 
     `plain`: the model's predictions of `images` when already made (saves a pass).
     """
-    if plain is None:
-        plain = model.predict(images, batch_size=batch_size, verbose=0)
-    flipped = model.predict(mirrored(images), batch_size=batch_size, verbose=0)
-    return (np.asarray(plain, dtype=np.float64) + np.asarray(flipped, dtype=np.float64)) / 2
+    total = 0.0
+    for index, (weight, view) in enumerate(tta_inputs(images, mode)):
+        output = plain if index == 0 and plain is not None else model.predict(view, batch_size=batch_size,
+                                                                               verbose=0)
+        total = total + weight * np.asarray(output, dtype=np.float64)
+    return total
 
 
 def read_run(run_dir):
@@ -122,14 +171,14 @@ def still_training(run_dir):
     return isinstance(config, dict) and config.get("status") == "running"
 
 
-def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True, tta=False):
+def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=True, tta=None):
     """Evaluate one run folder on uint8 test images and integer labels; return the metrics.
 
     The images are standardized with the run's stats.json. Timing: loading the model
     is timed on its own; then an untimed warm-up (which traces the predict function
     for a full and a ragged batch), then one timed pass over every test image.
-    With `tta`, an untimed second pass over the mirrored images adds test_accuracy_tta
-    and test_loss_tta (see predict_tta). With `write`, the metrics are written
+    With `tta` (a TTA_MODES name), untimed passes over the mode's other views add
+    test_accuracy_tta, test_loss_tta, tta_mode and tta_views (see predict_tta). With `write`, the metrics are written
     atomically to RUN_DIR/metrics.json.
     """
     import keras  # noqa: F401  (imported, and TensorFlow's devices set up, before the load is timed)
@@ -148,8 +197,9 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
     metrics = {"model": model_name, "run_dir": os.path.abspath(run_dir)}
     metrics.update(compute_metrics(probabilities, y_test))
     if tta:
-        averaged = compute_metrics(predict_tta(model, x, batch_size, plain=probabilities), y_test)
-        metrics.update({"test_accuracy_tta": averaged["test_accuracy"], "test_loss_tta": averaged["test_loss"]})
+        averaged = compute_metrics(predict_tta(model, x, batch_size, plain=probabilities, mode=tta), y_test)
+        metrics.update({"test_accuracy_tta": averaged["test_accuracy"], "test_loss_tta": averaged["test_loss"],
+                        "tta_mode": tta, "tta_views": tta_views(tta)})
     metrics.update({
         "predict_seconds": predict_seconds,
         "load_seconds": load_seconds,
@@ -187,7 +237,7 @@ def format_report(metrics):
         f"{metrics['model']} ({metrics['run_dir']}) on {metrics['test_images']:,} test images",
         f"  test accuracy {100 * metrics['test_accuracy']:.2f} %, top-5 {100 * metrics['top5_accuracy']:.2f} %, "
         f"loss {metrics['test_loss']:.4f}"
-        + (f"; with TTA (image + mirror) {100 * metrics['test_accuracy_tta']:.2f} %, loss "
+        + (f"; with TTA ({metrics.get('tta_mode', 'flip')}) {100 * metrics['test_accuracy_tta']:.2f} %, loss "
            f"{metrics['test_loss_tta']:.4f}" if "test_accuracy_tta" in metrics else ""),
         f"  predict {metrics['predict_seconds']:.2f} s ({metrics['ms_per_image']:.3f} ms/image, "
         f"batch size {metrics['batch_size']}, {metrics['device']}); model load {metrics['load_seconds']:.2f} s",
@@ -237,13 +287,17 @@ def main(argv=None):
                         help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate on the first N test images only (a smoke run; default: all 10,000)")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: also average each "
-                        "image's probabilities with its mirror's (test_accuracy_tta; Δt stays the plain pass)")
+    parser.add_argument("--tta", nargs="?", const="flip", metavar="MODE", help="test-time augmentation: "
+                        "average each image's probabilities over several views (test_accuracy_tta; Δt stays "
+                        "the plain pass). flip (the default MODE): the image and its mirror; flip-translate: "
+                        "those and both moved 1 px down-right and up-left (airbench94's level 2)")
     args = parser.parse_args(argv)
     if args.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, received {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, received {args.limit}")
+    if args.tta is not None:
+        tta_views(args.tta)  # an unknown mode fails before any model or data loads
     for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
         read_run(run_dir)
         if still_training(run_dir):

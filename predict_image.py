@@ -128,28 +128,27 @@ def load_run(run_dir):
     return model, stats, rundir.model_name(run_dir)
 
 
-def classify(model, stats, images, tta=False):
+def classify(model, stats, images, tta=None):
     """Softmax probabilities (N, 10) for uint8 images (N, 32, 32, 3), standardized with `stats`.
 
-    With `tta`, the average of the probabilities of each image and of its mirror, as
-    evaluate.py --tta computes them.
+    With `tta` (a mode of evaluate.TTA_MODES), the weighted average of the probabilities
+    of each image's views, as evaluate.py --tta computes them.
     """
     import keras
 
     import evaluate
     x = data.standardize(np.stack(images), stats)
-    views = (x, evaluate.mirrored(x)) if tta else (x,)
-    outputs = [np.asarray(keras.ops.convert_to_numpy(model(view, training=False)), dtype=np.float64)
-               for view in views]
-    return sum(outputs) / len(outputs)
+    views = evaluate.tta_inputs(x, tta) if tta else [(1.0, x)]
+    return sum(weight * np.asarray(keras.ops.convert_to_numpy(model(view, training=False)), dtype=np.float64)
+               for weight, view in views)
 
 
-def predict_files(run_dir, paths, top=DEFAULT_TOP, fit="squash", tta=False):
+def predict_files(run_dir, paths, top=DEFAULT_TOP, fit="squash", tta=None):
     """Classify image files with a run: (model name, one result dict per path, in order).
 
     A readable image gives {"file", "predicted", "top": [{"class", "probability"}, ...],
     "probabilities": {class: p}, "thumbnail": PIL image}; an unreadable one gives
-    {"file", "error": reason}. `tta` averages each image with its mirror (see classify).
+    {"file", "error": reason}. `tta`: a TTA mode (see classify).
     """
     model, stats, name = load_run(run_dir)
     results, images = [], []
@@ -221,14 +220,18 @@ def main(argv=None):
     parser.add_argument("--fit", choices=FIT_MODES, default="squash",
                         help="non-square images: squash the whole image to 32x32 (default) or crop "
                         "the centre square first")
-    parser.add_argument("--tta", action="store_true", help="test-time augmentation: average each "
-                        "image's probabilities with its mirror's, as evaluate.py --tta")
+    parser.add_argument("--tta", nargs="?", const="flip", metavar="MODE", help="test-time augmentation, as "
+                        "evaluate.py --tta: flip (the default MODE) averages each image with its mirror; "
+                        "flip-translate adds both moved 1 px down-right and up-left")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
     parser.add_argument("--save-figure", metavar="PATH",
                         help="also draw each photo with its prediction and probabilities (.png, .pdf or .svg)")
     args = parser.parse_args(argv)
     if not 1 <= args.top <= data.NUM_CLASSES:
         raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
+    if args.tta is not None:
+        import evaluate
+        evaluate.tta_views(args.tta)  # an unknown mode fails before the model loads
     if args.save_figure:
         import plots
         extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")

@@ -254,6 +254,38 @@ def test_crop_dataset_keeps_labels_and_varies_by_epoch(small):
         augment.make_dataset(images, labels, stats, 8, augment="rotate", shuffle=False)
 
 
+def test_cutout_zeroes_one_square_of_the_given_side_clipped_at_the_edges():
+    masks = augment.cutout_masks(DRAWS, 8, np.array([3, 4])).numpy()[..., 0]
+    hidden = masks == 0
+    for mask in hidden[:200]:
+        rows, cols = np.nonzero(mask.any(axis=1))[0], np.nonzero(mask.any(axis=0))[0]
+        # One axis-aligned rectangle: every pixel between its first and last row and column.
+        assert mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1].all() and mask.sum() == len(rows) * len(cols)
+        assert 1 <= len(rows) <= 8 and 1 <= len(cols) <= 8
+        # Shorter than 8 only where the square runs off the image.
+        assert len(rows) == 8 or rows[0] == 0 or rows[-1] == 31
+        assert len(cols) == 8 or cols[0] == 0 or cols[-1] == 31
+    assert (hidden.sum(axis=(1, 2)) == 64).mean() > 0.5  # most squares lie wholly inside
+    # The centre is uniform: every row is hidden somewhere among the draws.
+    assert hidden.any(axis=(0, 2)).all() and hidden.any(axis=(0, 1)).all()
+
+
+def test_crop_dataset_with_cutout_zeroes_a_square_in_every_image(small):
+    images, labels, stats = small
+    dataset = augment.make_dataset(images, labels, stats, 64, augment="crop", shuffle=False, seed=2, cutout=6)
+    x, y, _ = _epoch(dataset)
+    np.testing.assert_array_equal(y, labels)
+    zero = (x == 0).all(axis=-1)  # standardized pixels are almost never exactly 0 on their own
+    assert all(1 <= count <= 36 for count in zero.sum(axis=(1, 2)))
+    plain, _, _ = _epoch(augment.make_dataset(images, labels, stats, 64, augment="crop", shuffle=False, seed=2))
+    assert (plain == 0).all(axis=-1).sum() < len(images)  # without cutout, (almost) none
+    for bad in (-1, 2.5):
+        with pytest.raises(ValueError, match="cutout must be an integer"):
+            augment.make_dataset(images, labels, stats, 8, augment="crop", shuffle=False, cutout=bad)
+    with pytest.raises(ValueError, match="cutout must be an integer"):
+        augment.make_dataset(images, labels, stats, 8, augment=None, shuffle=False, cutout=4)
+
+
 # --- bench.py (a smoke test on tiny data: nothing timed, nothing asserted about speed) ---
 
 def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp_path, monkeypatch):

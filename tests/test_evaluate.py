@@ -130,7 +130,8 @@ def test_tta_averages_each_image_with_its_mirror(trained_vgg16, run_copy, cifar_
     import keras
     run = run_copy(trained_vgg16)
     x_test, y_test = make_images(96, seed=5)
-    metrics = evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta=True)
+    metrics = evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta="flip")
+    assert metrics["tta_mode"] == "flip" and len(metrics["tta_views"]) == 2
 
     model = keras.saving.load_model(os.path.join(run, rundir.MODEL_FILE))
     stats = data.load_stats(os.path.join(run, rundir.STATS_FILE))
@@ -148,10 +149,40 @@ def test_tta_averages_each_image_with_its_mirror(trained_vgg16, run_copy, cifar_
 
     assert evaluate.main([run, "--data-dir", cifar_dir, "--limit", "100", "--tta"]) == 0
     out = capsys.readouterr().out
-    assert "with TTA (image + mirror)" in out and "TTA %" in out
+    assert "with TTA (flip)" in out and "TTA %" in out
     written = json.load(open(os.path.join(run, rundir.METRICS_FILE)))
     line = next(line for line in out.splitlines() if line.startswith("Scratch VGG16"))
     assert f"{100 * written['test_accuracy_tta']:.1f}" == line.split()[-3]
+
+
+def test_tta_flip_translate_weighs_six_views_as_airbench(trained_vgg16, run_copy):
+    import keras
+    run = run_copy(trained_vgg16)
+    x_test, y_test = make_images(64, seed=6)
+    metrics = evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta="flip-translate")
+
+    model = keras.saving.load_model(os.path.join(run, rundir.MODEL_FILE))
+    x = data.standardize(x_test, data.load_stats(os.path.join(run, rundir.STATS_FILE)))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")  # the edge pixel repeated
+    down_right, up_left = padded[:, :32, :32], padded[:, 2:, 2:]
+    assert np.array_equal(down_right[:, 1:, 1:], x[:, :31, :31]) and np.array_equal(up_left[:, :31, :31], x[:, 1:, 1:])
+
+    def both(images):  # an image and its mirror, averaged
+        return (model.predict(images, verbose=0) + model.predict(images[:, :, ::-1], verbose=0)) / 2
+    expected = 0.5 * both(x) + 0.25 * both(down_right) + 0.25 * both(up_left)
+    assert np.abs(expected - both(x)).max() > 1e-4  # the moved views change the average
+    assert metrics["test_accuracy_tta"] == pytest.approx(np.mean(expected.argmax(axis=1) == y_test))
+    assert metrics["test_loss_tta"] == pytest.approx(
+        -np.mean(np.log(np.clip(expected[np.arange(64), y_test], 1e-7, 1))), rel=1e-4)
+    assert metrics["tta_mode"] == "flip-translate" and len(metrics["tta_views"]) == 6
+
+
+def test_an_unknown_tta_mode_is_one_line_before_any_data(trained_vgg16, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main([trained_vgg16, "--data-dir", str(tmp_path / "nowhere"), "--tta", "rotate"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("evaluate.py: error: unknown --tta mode 'rotate'") and len(err.strip().splitlines()) == 1
 
 
 def test_a_run_still_training_is_evaluated_with_a_note(trained_vgg16, run_copy, cifar_dir, capsys):

@@ -218,3 +218,29 @@ def test_tta_averages_the_photo_and_its_mirror(trained_vgg16, tmp_path, capsys):
     with_tta, mirror_tta = probabilities("--tta")
     np.testing.assert_allclose(with_tta, (plain + flipped) / 2, atol=1e-5)
     np.testing.assert_allclose(mirror_tta, with_tta, atol=1e-5)  # a photo and its mirror agree under TTA
+
+
+def test_tta_flip_translate_moves_the_photo_one_pixel_each_way(trained_vgg16, tmp_path, capsys):
+    import keras
+    pixels = np.random.default_rng(4).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "photo.png")
+    assert predict_image.main([trained_vgg16, str(tmp_path / "photo.png"), "--json", "--tta", "flip-translate"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    got = np.array([result["probabilities"][name] for name in data.CLASS_NAMES])
+
+    model = keras.saving.load_model(os.path.join(trained_vgg16, rundir.MODEL_FILE))
+    x = data.standardize(pixels[None], data.load_stats(os.path.join(trained_vgg16, rundir.STATS_FILE)))
+    padded = np.pad(x, ((0, 0), (1, 1), (1, 1), (0, 0)), mode="symmetric")
+    views = [(0.25, x), (0.125, padded[:, :32, :32]), (0.125, padded[:, 2:, 2:])]
+    expected = sum(weight * (model.predict(view, verbose=0) + model.predict(view[:, :, ::-1], verbose=0))
+                   for weight, view in views)[0]
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_an_unknown_tta_mode_is_refused_in_one_line(trained_vgg16, tmp_path, capsys):
+    Image.new("RGB", (32, 32), "red").save(tmp_path / "red.png")
+    with pytest.raises(SystemExit) as exit_info:
+        predict_image.main([trained_vgg16, str(tmp_path / "red.png"), "--tta", "sideways"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("predict_image.py: error: unknown --tta mode 'sideways'") and len(err.strip().splitlines()) == 1

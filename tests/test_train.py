@@ -71,13 +71,16 @@ def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
 
 @pytest.mark.parametrize("model_name, options", [
     ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
+    ("alexnet", ["--recipe", "regularized", "--epochs", "1"]),  # crop, cutout and precision auto
     ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
                           "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
 ])
 def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir, tmp_path, capsys):
     run_dir = str(tmp_path / model_name)
     assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
-    check_run_folder(run_dir, model_name, epochs=1)
+    config, _ = check_run_folder(run_dir, model_name, epochs=1)
+    assert config["settings"]["precision"] in ("float32", "mixed")  # "auto" is resolved before it is saved
+    assert config["policy"] == {"float32": "float32", "mixed": "mixed_bfloat16"}[config["settings"]["precision"]]
     out = capsys.readouterr().out
     assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: 1 epoch in" in out
 
@@ -233,13 +236,19 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     fast = recipe_line("fast").split(", ")
     assert {"  fast: epochs=30", "batch_size=256", "learning_rate=0.004", "schedule=cosine",
             "augmentation=crop"} <= set(fast)
+    regularized = recipe_line("regularized").split(", ")
+    assert {"label_smoothing=0.2", "cutout=8", "precision=auto", "learning_rate=0.004"} <= set(regularized)
     transfer = recipe_line("transfer").split(", ")
     assert {"  transfer: epochs=10", "preprocessing=imagenet", "cache_features=True",
             "fine_tune_epochs=3"} <= set(transfer)
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["vgg16", "--recipe", "slow"], "unknown recipe 'slow'; choose one of paper, fast"),
+    (["vgg16", "--recipe", "slow"], "unknown recipe 'slow'; choose one of paper, fast, regularized"),
+    (["vgg16", "--cutout", "8"], "--cutout is not used with --augmentation idg (recipe paper); it applies to "
+     "--augmentation crop or fast"),
+    (["vgg16", "--recipe", "regularized", "--cutout", "33"], "cutout must be a square's side in pixels, 0 to 32"),
+    (["vgg16", "--precision", "double"], "argument --precision: invalid choice: 'double'"),
     (["vgg16", "--recipe", "fast", "--lr-patience", "3"],
      "--lr-patience is not used with --schedule cosine (recipe fast); it applies to --schedule plateau"),
     (["vgg16", "--warmup-fraction", "0.1"], "--warmup-fraction is not used with --schedule plateau"),
@@ -252,6 +261,15 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
 def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_dir, capsys):
     expect_exit_2(capsys, argv + ["--data-dir", cifar_dir, "--run-dir", str(tmp_path / "run")], message)
     assert not os.path.exists(tmp_path / "run")
+
+
+def test_precision_auto_is_mixed_only_on_a_cpu_with_native_bfloat16(monkeypatch):
+    settings = train.recipe_settings("regularized")
+    assert settings.precision == "auto"
+    for native, expected in ((True, "mixed"), (False, "float32"), (None, "float32")):  # None: unknown (macOS)
+        monkeypatch.setattr(train.rundir, "cpu_description", lambda: ("a CPU", native))
+        assert train.resolve_settings("vgg16", settings).precision == expected
+    assert train.resolve_settings("vgg16", train.Settings()).precision == "float32"  # the paper's: never changed
 
 
 def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():

@@ -627,6 +627,41 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
                 os.remove(os.path.join(folder, entry))
 
 
+class TrainingDiverged(UserError):
+    """The training loss became NaN or infinite: the run stops with the last finite epoch kept."""
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """Ends fit at the first batch whose running training loss is NaN or infinite.
+
+    Keras' TerminateOnNaN only sets stop_training, so the epoch would still finish and be
+    committed (a model.keras of NaN weights, status complete, exit 0). Raising instead
+    leaves the run folder at its last committed epoch: RunFolderCheckpoint never sees
+    the diverged one. The running mean Keras logs turns non-finite with the first bad
+    batch and stays so, so the first step it shows is the step that diverged.
+    """
+
+    def __init__(self, run_dir, learning_rate, flag="--learning-rate"):
+        super().__init__()
+        self.run_dir = run_dir
+        self.learning_rate = learning_rate
+        self.flag = flag  # the setting to lower: fine-tuning has its own
+        self.epoch = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epoch = epoch
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            kept = (f"epoch {self.epoch} is the last one kept" if self.epoch
+                    else "no epoch was completed")
+            raise TrainingDiverged(
+                f"training diverged in epoch {self.epoch + 1}, step {batch + 1}: loss {float(loss)}; "
+                f"{kept} in {self.run_dir}; try a lower {self.flag} than {self.learning_rate:g} "
+                "in a new run (or --overwrite this one)")
+
+
 def _duration(seconds):
     """Seconds in words a user reads at a glance: 48 s, 12.5 min, 7.9 h, 2.1 days."""
     if seconds < 120:
@@ -867,7 +902,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
         checkpoint = RunFolderCheckpoint(write_dir, watchers, history, settings.epochs, state=state,
                                          best_weights=best_weights,
                                          seconds_before=state["train_seconds"] if state else 0.0, log=log)
-        callbacks = [*watchers.values(), checkpoint]  # this order: see RunFolderCheckpoint
+        callbacks = [StopOnNonFiniteLoss(run_dir, settings.learning_rate), *watchers.values(),
+                     checkpoint]  # this order: see RunFolderCheckpoint
         if settings.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, TENSORBOARD_DIR)))
         verbose = 1 if sys.stdout.isatty() else 2
@@ -999,7 +1035,9 @@ def _fine_tune(model, settings, history, callback_state, state, split, stats, se
     initial = len(history["epoch"])
     if initial < last:
         inputs = make_inputs(settings, *split, stats, seed, initial)
-        model.fit(**inputs, epochs=last, initial_epoch=initial, callbacks=[checkpoint], verbose=verbose)
+        model.fit(**inputs, epochs=last, initial_epoch=initial, verbose=verbose,
+                  callbacks=[StopOnNonFiniteLoss(write_dir, settings.fine_tune_learning_rate,
+                                                        "--fine-tune-learning-rate"), checkpoint])
     return checkpoint.train_seconds
 
 

@@ -318,6 +318,30 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(cifar_dir, tmp_path, cap
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
 
 
+def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path, capsys):
+    """The issue's case: --recipe fast at a learning rate of 1e30 trained three epochs of loss
+    nan, then exit 0 with a model of NaN weights. Its warm-up starts at 0, so epoch 1 is still
+    finite and the divergence comes in epoch 2: the run must stop there, keep epoch 1 whole."""
+    run = str(tmp_path / "nan")
+    argv = ["alexnet", "--recipe", "fast", "--learning-rate", "1e30", "--data-dir", cifar_dir, "--epochs", "3",
+            *SMALL]
+    expect_exit_2(capsys, [*argv, "--run-dir", run], "train.py: error: training diverged in epoch 2, step ")
+    with pytest.raises(SystemExit):  # again, to read the whole line
+        train.main(["alexnet", "--resume", "--run-dir", run])
+    err = capsys.readouterr().err
+    assert "loss nan" in err or "loss inf" in err
+    assert f"epoch 1 is the last one kept in {run}; try a lower --learning-rate than 1e+30" in err
+    state = read(os.path.join(run, train.CHECKPOINT_DIR), train.STATE_FILE)
+    assert state["epoch"] == 1 and read(run, rundir.HISTORY_FILE)["epoch"] == [1]
+    assert np.isfinite(read(run, rundir.HISTORY_FILE)["loss"][0])
+    assert read(run, rundir.CONFIG_FILE)["status"] == "running"  # never "complete"
+    model = rundir.load_model(run)
+    assert all(np.isfinite(weight).all() for weight in model.get_weights())
+    # The same rules as any resume: a new learning rate is refused (a new run takes it).
+    expect_exit_2(capsys, ["alexnet", "--resume", "--run-dir", run, "--learning-rate", "1e-3"],
+                  "learning_rate differs (saved 1e+30, given 0.001)")
+
+
 def test_eta_line_tells_the_whole_runs_duration():
     line = train.eta_line(600.0, 1, 300, may_stop_early=True)
     assert "epoch 1 took 10.0 min" in line and "300 epochs take 2.1 days in all" in line

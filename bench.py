@@ -15,6 +15,7 @@ excluded, hardware named).
 import argparse
 import dataclasses
 import math
+import os
 import platform
 import statistics
 import sys
@@ -331,7 +332,7 @@ def main(argv=None):
           f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
     start = time.perf_counter()
     report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
-    report["data_source"] = data.describe_source(args.data_dir)
+    report["data_source"] = os.path.basename(data.describe_source(args.data_dir))  # a name, not this machine's path
     report["seconds"] = time.perf_counter() - start
     rundir.write_json(args.out, report)
     print(f"wrote {args.out} ({report['seconds'] / 60:.1f} min)")
@@ -346,7 +347,7 @@ def _main_transfer(args):
           f"{ {True: 'yes', False: 'no'}.get(bf16, 'unknown') }", flush=True)
     start = time.perf_counter()
     report = {"device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16, "versions": _versions(),
-              "data_source": data.describe_source(args.data_dir), "repeats": args.repeats,
+              "data_source": os.path.basename(data.describe_source(args.data_dir)), "repeats": args.repeats,
               "transfer": measure_transfer(x_train, y_train, stats, args.repeats, log=_log)}
     report["seconds"] = time.perf_counter() - start
     estimate = report["transfer"]["full_split_estimate"]

@@ -196,6 +196,8 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
 
     metrics = {"model": model_name, "run_dir": os.path.abspath(run_dir)}
     metrics.update(compute_metrics(probabilities, y_test))
+    if tta is True:  # the API before the modes
+        tta = "flip"
     if tta:
         averaged = compute_metrics(predict_tta(model, x, batch_size, plain=probabilities, mode=tta), y_test)
         metrics.update({"test_accuracy_tta": averaged["test_accuracy"], "test_loss_tta": averaged["test_loss"],
@@ -213,13 +215,28 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
     return metrics
 
 
+# Where the metrics of a committed record (results/NAME, see results.py) go: the record's
+# own metrics.json is what the README quotes, and another machine's or data's figures
+# must not replace it.
+RECORD_METRICS_DIR = os.path.join("runs", "evaluated")
+
+
+def metrics_path(run_dir):
+    """RUN_DIR/metrics.json, or RECORD_METRICS_DIR/NAME/metrics.json for a committed record."""
+    import results
+    if results.is_record(run_dir):
+        return os.path.join(RECORD_METRICS_DIR, os.path.basename(os.path.normpath(run_dir)), rundir.METRICS_FILE)
+    return os.path.join(run_dir, rundir.METRICS_FILE)
+
+
 def write_metrics(run_dir, metrics):
-    """Write RUN_DIR/metrics.json atomically; return its path, or None when it was kept.
+    """Write the run's metrics.json (see metrics_path) atomically; return its path, or None when it was kept.
 
     A smoke run on part of the test set (--limit) never replaces metrics of a larger
     evaluation: those took the user a full pass over the test set to make.
     """
-    path = os.path.join(run_dir, rundir.METRICS_FILE)
+    path = metrics_path(run_dir)
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.isfile(path):
         try:
             previous = rundir.read_json(path, "earlier test metrics").get("test_images", 0)
@@ -310,7 +327,9 @@ def main(argv=None):
         metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False, tta=args.tta)
         print(format_report(metrics))
         written = write_metrics(run_dir, metrics)
-        print(f"  wrote {written}\n" if written else f"  kept {os.path.join(run_dir, rundir.METRICS_FILE)}: "
+        if written and metrics_path(run_dir) != os.path.join(run_dir, rundir.METRICS_FILE):
+            print(f"  {run_dir} is a committed record: its own {rundir.METRICS_FILE} stays as collected")
+        print(f"  wrote {written}\n" if written else f"  kept {metrics_path(run_dir)}: "
               f"it holds an evaluation on more test images than these {len(x_test):,}\n")
         all_metrics.append(metrics)
     print(format_table(all_metrics))

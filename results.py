@@ -1,15 +1,24 @@
 """The committed run records behind the README's results table, and the table itself.
 
     python results.py collect runs/vgg16_fast_10ep runs/alexnet_fast_30ep   # copy their records into results/
+    python results.py collect --with-model runs/vgg16_regularized_30ep      # also a small inference model
     python results.py table                                              # the README's table, as Markdown
+    python results.py records                                            # one row per record
 
 `results/NAME/` keeps, for every run whose numbers the README reports, the run folder's
-config.json, history.json and metrics.json (never model files: they are large and
-rebuilt by training). `table` reads only those files, so every figure in the README's
-results table can be traced to a committed record and re-derived by anyone.
+config.json, history.json and metrics.json. With --with-model it also keeps model.keras
+as an inference copy (the weights without the optimizer's state: about 5 MB for vgg16)
+and stats.json, so that evaluate.py and predict_image.py run on the record right after
+installing, with no training. `table` reads only those files, so every figure in the
+README's results table can be traced to a committed record and re-derived by anyone.
+
+A record travels: the copies name the run folder and the data layout they came from,
+never a path of the machine that made them (config.json keeps the machine itself).
 """
+import datetime
 import os
 import shutil
+import statistics
 import sys
 
 import rundir
@@ -19,8 +28,48 @@ RESULTS_DIR = "results"
 RECORD_FILES = (rundir.CONFIG_FILE, rundir.HISTORY_FILE, rundir.METRICS_FILE)  # what a record keeps
 
 
-def collect(run_dir, results_dir=RESULTS_DIR, name=None):
-    """Copy a finished, evaluated run's records into results_dir/NAME (default: the folder's name)."""
+RECORD_KEY = "record"  # in a record's config.json: where it was collected from; evaluate.py reads it
+
+
+def _portable(path):
+    """The last part of a machine's path: what a reader elsewhere can use of it."""
+    return os.path.basename(os.path.normpath(path)) if isinstance(path, str) and path else path
+
+
+def portable_config(config):
+    """config.json as a record keeps it: the data layout and caches by name, not by path."""
+    config = dict(config)
+    config["data_source"] = _portable(config.get("data_source"))
+    if isinstance(config.get("features"), dict):
+        config["features"] = {key: _portable(value) if key in ("cache_dir", "cache") else value
+                              for key, value in config["features"].items()}
+    return config
+
+
+def is_record(folder):
+    """Whether `folder` is a committed record (its config.json was written by collect)."""
+    path = os.path.join(folder, rundir.CONFIG_FILE)
+    if not os.path.isfile(path):
+        return False
+    config = rundir.read_json(path, "the run's settings")
+    return isinstance(config, dict) and RECORD_KEY in config
+
+
+def save_inference_model(source, target):
+    """Write the model at `source` to `target` without its optimizer state (atomically)."""
+    import keras
+
+    import models  # noqa: F401 -- registers the custom layers a model.keras may hold
+    model = keras.saving.load_model(source, compile=False)  # compile=False: no optimizer to save
+    with rundir.atomic_path(target) as tmp:
+        model.save(tmp)
+
+
+def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False):
+    """Copy a finished, evaluated run's records into results_dir/NAME (default: the folder's name).
+
+    With `with_model`, also model.keras (an inference copy) and stats.json.
+    """
     rundir.check_run_dir(run_dir)
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
     if config.get("status") != "complete":
@@ -28,11 +77,26 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None):
                         "with train.py --resume first")
     if not os.path.isfile(os.path.join(run_dir, rundir.METRICS_FILE)):
         raise UserError(f"{run_dir}: no {rundir.METRICS_FILE}; run evaluate.py on it first")
-    target = os.path.join(results_dir, name or os.path.basename(os.path.normpath(run_dir)))
+    if with_model and not os.path.isfile(os.path.join(run_dir, rundir.MODEL_FILE)):
+        raise UserError(f"{run_dir}: no {rundir.MODEL_FILE} to keep with --with-model")
+    name = name or _portable(run_dir)
+    target = os.path.join(results_dir, name)
     os.makedirs(target, exist_ok=True)
-    for file_name in RECORD_FILES:
-        with rundir.atomic_path(os.path.join(target, file_name)) as tmp:
-            shutil.copyfile(os.path.join(run_dir, file_name), tmp)
+    metrics = rundir.read_json(os.path.join(run_dir, rundir.METRICS_FILE), "the run's test metrics")
+    config = dict(portable_config(config), record={
+        "name": name, "run_folder": _portable(run_dir), "with_model": bool(with_model),
+        "collected": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
+    records = {rundir.CONFIG_FILE: config,
+               rundir.HISTORY_FILE: rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE), "the run's history"),
+               rundir.METRICS_FILE: dict(metrics, run_dir=name)}
+    if with_model:
+        save_inference_model(os.path.join(run_dir, rundir.MODEL_FILE), os.path.join(target, rundir.MODEL_FILE))
+        with rundir.atomic_path(os.path.join(target, rundir.STATS_FILE)) as tmp:
+            shutil.copyfile(os.path.join(run_dir, rundir.STATS_FILE), tmp)
+    for file_name in RECORD_FILES:  # config.json last: it marks the folder a record
+        if file_name != rundir.CONFIG_FILE:
+            rundir.write_json(os.path.join(target, file_name), records[file_name])
+    rundir.write_json(os.path.join(target, rundir.CONFIG_FILE), records[rundir.CONFIG_FILE])
     return target
 
 
@@ -59,27 +123,79 @@ def command_of(config):
     return " ".join(words)
 
 
-def table(results_dir=RESULTS_DIR):
-    """The results as a Markdown table, one row per record folder (sorted by name)."""
+def _record_folders(results_dir):
     if not os.path.isdir(results_dir):
         raise UserError(f"results folder '{results_dir}' does not exist")
     folders = sorted(entry for entry in os.listdir(results_dir)
                      if os.path.isfile(os.path.join(results_dir, entry, rundir.CONFIG_FILE)))
     if not folders:
         raise UserError(f"results folder '{results_dir}' holds no run records")
+    return folders
+
+
+def _tta(metrics):
+    """The TTA accuracy with its mode, or None (records from before the modes were flip)."""
+    if metrics.get("test_accuracy_tta") is None:
+        return None
+    return metrics["test_accuracy_tta"], metrics.get("tta_mode", "flip")
+
+
+def records_table(results_dir=RESULTS_DIR):
+    """One Markdown row per record folder (sorted by name)."""
     lines = ["| record | command | epochs | training time | val. accuracy (model.keras) | test accuracy "
              "| with TTA | predicting the test set | machine |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for folder in folders:
+    for folder in _record_folders(results_dir):
         config, history, metrics = read_record(os.path.join(results_dir, folder))
         best = config["best_epoch"] - 1
-        tta = metrics.get("test_accuracy_tta")
+        tta = _tta(metrics)
         lines.append(
             f"| `{folder}` | `{command_of(config)}` | {config['epochs_completed']} "
             f"| {config['train_seconds'] / 60:.1f} min | {100 * history['val_accuracy'][best]:.2f} % "
             f"(epoch {best + 1}) | {100 * metrics['test_accuracy']:.2f} % "
-            f"| {'-' if tta is None else f'{100 * tta:.2f} %'} "
+            f"| {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s (batch {metrics['batch_size']}) | {config['device']} |")
+    return "\n".join(lines)
+
+
+def mean_std(values):
+    """Accuracies (fractions) as '90.12 %' for one value, '90.12 ± 0.15 %' (sample std) for more."""
+    if len(values) == 1:
+        return f"{100 * values[0]:.2f} %"
+    return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} %"
+
+
+def table(results_dir=RESULTS_DIR):
+    """The results as Markdown, one row per configuration: the records that differ only in
+    their seed are one row, with the mean and sample standard deviation over the seeds."""
+    groups = {}
+    for folder in _record_folders(results_dir):
+        config, history, metrics = read_record(os.path.join(results_dir, folder))
+        words = command_of(config).split()
+        if "--seed" in words:  # the configuration is the command without its seed
+            at = words.index("--seed")
+            del words[at:at + 2]
+        groups.setdefault(" ".join(words), []).append((folder, config, metrics))
+    lines = ["| command | records | seeds | epochs | training time | test accuracy | with TTA | machine |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for command, members in groups.items():
+        seeds = [config["settings"].get("seed") for _, config, _ in members]
+        epochs = sorted({config["epochs_completed"] for _, config, _ in members})
+        minutes = [config["train_seconds"] / 60 for _, config, _ in members]
+        tests = [metrics["test_accuracy"] for _, _, metrics in members]
+        ttas = [_tta(metrics) for _, _, metrics in members]
+        modes = {tta[1] for tta in ttas if tta}
+        if ttas and all(ttas) and len(modes) == 1:
+            with_tta = f"{mean_std([tta[0] for tta in ttas])} ({modes.pop()})"
+        else:
+            with_tta = "-" if not any(ttas) else "mixed modes"
+        seed_words = (f"one seed ({seeds[0]})" if len(seeds) == 1
+                      else f"{len(seeds)} seeds ({', '.join(str(seed) for seed in seeds)})")
+        machines = sorted({config["device"] for _, config, _ in members})
+        lines.append(
+            f"| `{command}` | {', '.join(f'`{folder}`' for folder, _, _ in members)} | {seed_words} "
+            f"| {'/'.join(str(count) for count in epochs)} | {statistics.mean(minutes):.1f} min "
+            f"| {mean_std(tests)} | {with_tta} | {'; '.join(machines)} |")
     return "\n".join(lines)
 
 
@@ -92,11 +208,18 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     collect_parser = commands.add_parser("collect", help="copy finished, evaluated run folders' records")
     collect_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
-    commands.add_parser("table", help="print the results table (Markdown) from the records")
+    collect_parser.add_argument("--with-model", action="store_true", help="also keep model.keras (an inference "
+                                "copy without the optimizer's state) and stats.json, so the record can be "
+                                "evaluated and used for predictions without training")
+    commands.add_parser("table", help="print the results table (Markdown): one row per configuration, mean "
+                        "and standard deviation over the records that differ only in --seed")
+    commands.add_parser("records", help="print one row per record (Markdown)")
     args = parser.parse_args(argv)
     if args.command == "collect":
         for run_dir in args.run_dirs:
-            print(f"wrote {collect(run_dir, args.results_dir)}")
+            print(f"wrote {collect(run_dir, args.results_dir, with_model=args.with_model)}")
+    elif args.command == "records":
+        print(records_table(args.results_dir))
     else:
         print(table(args.results_dir))
     return 0

@@ -3,6 +3,9 @@ import json
 import os
 import shutil
 
+from pathlib import Path
+
+import numpy as np
 import pytest
 
 import evaluate
@@ -16,7 +19,7 @@ def evaluated_run(trained_alexnet, tmp_path_factory):
     """A copy of the session's alexnet run, evaluated (with TTA) as results.py requires."""
     run = shutil.copytree(trained_alexnet, str(tmp_path_factory.mktemp("results_runs") / "alexnet_short"))
     x_test, y_test = make_images(64, seed=4)
-    evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta=True)
+    evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta="flip")
     return run
 
 
@@ -25,8 +28,21 @@ def test_collect_copies_the_three_records_and_table_reads_them(evaluated_run, tm
     assert results.main(["--results-dir", str(out), "collect", evaluated_run]) == 0
     record = out / "alexnet_short"
     assert sorted(os.listdir(record)) == sorted(results.RECORD_FILES)  # no model, no temporaries
-    for name in results.RECORD_FILES:
-        assert json.load(open(record / name)) == json.load(open(os.path.join(evaluated_run, name)))
+    history = json.load(open(os.path.join(evaluated_run, rundir.HISTORY_FILE)))
+    assert json.load(open(record / rundir.HISTORY_FILE)) == history
+    # The copies travel: the run folder and the data by name, no path of this machine.
+    config, run_config = (json.load(open(folder / rundir.CONFIG_FILE)) for folder in (record, Path(evaluated_run)))
+    assert os.path.isabs(run_config["data_source"]) and config["data_source"] == os.path.basename(
+        run_config["data_source"])
+    assert config["record"]["name"] == "alexnet_short" and config["record"]["run_folder"] == "alexnet_short"
+    assert {key: value for key, value in config.items() if key not in ("data_source", "record")} == {
+        key: value for key, value in run_config.items() if key != "data_source"}
+    metrics = json.load(open(record / rundir.METRICS_FILE))
+    assert metrics["run_dir"] == "alexnet_short"
+    assert metrics["test_accuracy"] == json.load(open(os.path.join(evaluated_run, rundir.METRICS_FILE)))["test_accuracy"]
+    for name in os.listdir(record):
+        text = open(record / name).read()
+        assert str(tmp_path) not in text and os.path.dirname(evaluated_run) not in text
     capsys.readouterr()
 
     # Change the record: the table must follow the files, not the run folder.
@@ -35,11 +51,61 @@ def test_collect_copies_the_three_records_and_table_reads_them(evaluated_run, tm
     rundir.write_json(str(record / rundir.METRICS_FILE), metrics)
     assert results.main(["--results-dir", str(out), "table"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("| record | command |") and len(lines) == 3
-    config = json.load(open(record / rundir.CONFIG_FILE))
+    assert lines[0].startswith("| command | records | seeds |") and len(lines) == 3
     row = lines[2]
-    assert "`alexnet_short`" in row and "87.65 %" in row and "88.99 %" in row and config["device"] in row
-    assert "`python train.py alexnet" in row and f"| {config['epochs_completed']} |" in row
+    assert "`alexnet_short`" in row and "87.65 %" in row and "88.99 % (flip)" in row and config["device"] in row
+    assert f"one seed ({config['settings']['seed']})" in row and "--seed" not in row and f"| {config['epochs_completed']} |" in row
+    assert results.main(["--results-dir", str(out), "records"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| record | command |") and len(lines) == 3
+    assert "`python train.py alexnet" in lines[2] and f"--seed {config['settings']['seed']}" in lines[2] and "87.65 %" in lines[2]
+
+
+def test_table_gives_mean_and_std_over_records_that_differ_only_in_seed(evaluated_run, tmp_path, capsys):
+    out = tmp_path / "results"
+    results.collect(evaluated_run, str(out), name="a")
+    accuracies = {"a": 0.90, "b": 0.92, "c": 0.91}
+    for name in ("b", "c"):
+        shutil.copytree(out / "a", out / name)
+    for name, accuracy in accuracies.items():
+        config = json.load(open(out / name / rundir.CONFIG_FILE))
+        config["settings"]["seed"] = ord(name)  # seeds 97, 98, 99
+        rundir.write_json(str(out / name / rundir.CONFIG_FILE), config)
+        metrics = json.load(open(out / name / rundir.METRICS_FILE))
+        metrics.update(test_accuracy=accuracy, test_accuracy_tta=accuracy + 0.01, tta_mode="flip-translate")
+        rundir.write_json(str(out / name / rundir.METRICS_FILE), metrics)
+    assert results.main(["--results-dir", str(out), "table"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 3  # one configuration
+    row = lines[2]
+    # mean 91.00, sample standard deviation of (90, 92, 91) = 1.00
+    assert "3 seeds (97, 98, 99)" in row and "91.00 ± 1.00 %" in row and "92.00 ± 1.00 % (flip-translate)" in row
+
+
+def test_collect_with_model_keeps_an_inference_copy_that_scripts_use(evaluated_run, tmp_path, capsys, cifar_dir,
+                                                                     monkeypatch):
+    import keras
+    out = tmp_path / "results"
+    assert results.main(["--results-dir", str(out), "collect", "--with-model", evaluated_run]) == 0
+    record = out / "alexnet_short"
+    assert sorted(os.listdir(record)) == sorted(results.RECORD_FILES + (rundir.MODEL_FILE, rundir.STATS_FILE))
+    original = keras.saving.load_model(os.path.join(evaluated_run, rundir.MODEL_FILE))
+    copy = keras.saving.load_model(str(record / rundir.MODEL_FILE))
+    assert original.optimizer is not None and getattr(copy, "optimizer", None) is None  # the optimizer's state is left out
+    for kept, trained in zip(copy.get_weights(), original.get_weights()):
+        np.testing.assert_array_equal(kept, trained)
+    assert os.path.getsize(record / rundir.MODEL_FILE) < os.path.getsize(os.path.join(evaluated_run, rundir.MODEL_FILE))
+    capsys.readouterr()
+
+    # evaluate.py on the record prints its figures and writes them elsewhere, never into it.
+    monkeypatch.chdir(tmp_path)
+    before = open(record / rundir.METRICS_FILE).read()
+    assert evaluate.main([str(record), "--data-dir", cifar_dir, "--limit", "40"]) == 0
+    out_text = capsys.readouterr().out
+    assert open(record / rundir.METRICS_FILE).read() == before
+    elsewhere = tmp_path / evaluate.RECORD_METRICS_DIR / "alexnet_short" / rundir.METRICS_FILE
+    assert f"is a committed record" in out_text and f"wrote {os.path.relpath(elsewhere, tmp_path)}" in out_text
+    assert json.load(open(elsewhere))["test_images"] == 40
 
 
 @pytest.mark.parametrize("case, message", [

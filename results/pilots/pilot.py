@@ -1,21 +1,53 @@
-import sys, dataclasses, math
-sys.path.insert(0, "/work/main")
-import rundir, keras, numpy as np, tensorflow as tf
-import train, models, data, augment
-x_tr, y_tr, x_va, y_va = train.load_split("/tmp/cifar10/cifar-10-batches-py", int(sys.argv[1]), 256)
-stats = data.compute_stats(x_tr)
-epochs = int(sys.argv[2])
-for spec in sys.argv[3:]:
-    kv = dict(item.split("=") for item in spec.split(",") if item)
-    s = train.recipe_settings("fast")
-    changes = {}
-    for k, v in kv.items():
-        f = {f.name: f for f in dataclasses.fields(train.Settings)}[k]
-        changes[k] = f.type(v) if f.type is not bool else v == "1"
-    s = dataclasses.replace(s, epochs=epochs, seed=0, **changes)
-    keras.utils.set_random_seed(0)
-    m = models.build_model("vgg16", dropout_scale=s.dropout_scale, bn_momentum=s.bn_momentum)
-    train.compile_model(m, s, math.ceil(len(x_tr) / s.batch_size))
-    inp = train.make_inputs(s, x_tr, y_tr, x_va, y_va, stats, 0, 0)
-    h = m.fit(**inp, epochs=epochs, verbose=0)
-    print(spec, "acc", [round(v, 3) for v in h.history["accuracy"]], "loss", [round(v, 2) for v in h.history["loss"]], "val_acc", [round(v, 3) for v in h.history["val_accuracy"]], flush=True)
+"""Pilot runs: vgg16 on the first N images of the report's split, once per spec of recipe overrides.
+
+    python results/pilots/pilot.py --data-dir DIR --images 45000 --epochs 3 learning_rate=0.05 optimizer=adam,learning_rate=0.002
+    python results/pilots/pilot.py --data-dir DIR --recipe regularized --images 45000 --epochs 3 cutout=0
+
+Each spec (`key=value,...`, Settings field names) overrides the recipe (default: fast, as
+the pilots in README.md used it); one line per spec gives the per-epoch training accuracy,
+training loss and validation accuracy (clean, the first max(N // 10, 256) validation
+images). Seed 0. The repository is this file's grandparent unless --repo says otherwise.
+"""
+import argparse
+import dataclasses
+import math
+import os
+import sys
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                        help="the repository's folder (default: the one holding this file)")
+    parser.add_argument("--data-dir", required=True, help="an official CIFAR-10 layout (see data.py)")
+    parser.add_argument("--recipe", default="fast", help="the recipe the specs override (default: fast)")
+    parser.add_argument("--images", type=int, required=True, help="training images (the first N of the split)")
+    parser.add_argument("--epochs", type=int, required=True)
+    parser.add_argument("specs", nargs="+", metavar="SPEC", help="key=value,... overrides, one run each")
+    args = parser.parse_args(argv)
+    sys.path.insert(0, args.repo)
+    import keras
+    import data
+    import models
+    import train
+    x_train, y_train, x_valid, y_valid = train.load_split(args.data_dir, args.images, 256)
+    stats = data.compute_stats(x_train)
+    fields = {field.name: field for field in dataclasses.fields(train.Settings)}
+    for spec in args.specs:
+        changes = {}
+        for key, value in (item.split("=") for item in spec.split(",") if item):
+            changes[key] = fields[key].type(value) if fields[key].type is not bool else value == "1"
+        settings = dataclasses.replace(train.recipe_settings(args.recipe), epochs=args.epochs, seed=0, **changes)
+        settings = train.resolve_settings("vgg16", settings)
+        models.set_precision(settings.precision)
+        keras.utils.set_random_seed(0)
+        model = models.build_model("vgg16", dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
+        train.compile_model(model, settings, math.ceil(len(x_train) / settings.batch_size))
+        inputs = train.make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, 0, 0)
+        history = model.fit(**inputs, epochs=args.epochs, verbose=0).history
+        print(spec, "acc", [round(v, 3) for v in history["accuracy"]], "loss", [round(v, 2) for v in history["loss"]],
+              "val_acc", [round(v, 3) for v in history["val_accuracy"]], flush=True)
+
+
+if __name__ == "__main__":
+    main()

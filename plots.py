@@ -1,6 +1,7 @@
 """The paper's figures from run folders: training curves, confusion matrices, the training images.
 
     python plots.py runs/vgg16 runs/alexnet --data-dir /data/cifar10 --out figures
+    python plots.py results/vgg16_fast_30ep results/vgg16_paper_10ep --out results/figures   # from records
 
 Writes, as PNG (or `--format pdf|svg`):
     OUT/accuracy.png       training and validation accuracy per epoch, every run on one
@@ -12,7 +13,9 @@ Writes, as PNG (or `--format pdf|svg`):
     OUT/cifar10_first48.png  the first 48 training images with their classes (Figure 1),
                            with --data-dir only
     RUN/confusion_matrix.png  for each run that evaluate.py has evaluated (from metrics.json);
-                           a per-run figure stays with its run, like metrics.json
+                           a per-run figure stays with its run, like metrics.json; for a
+                           committed record (results/NAME, no model needed) it goes to
+                           OUT/confusion_matrix_NAME.png instead, the record left as collected
 OUT defaults to `figures/` in the current folder. Every figure is written atomically.
 """
 import os
@@ -200,6 +203,15 @@ def plot_training_grid(images, labels, path):
     return save_figure(figure, path)
 
 
+def confusion_matrix_path(run_dir, out, fmt):
+    """RUN/confusion_matrix.FMT, or OUT/confusion_matrix_NAME.FMT for a committed record
+    (results/NAME, see results.py), which keeps only what collect wrote into it."""
+    import results
+    if results.is_record(run_dir):
+        return os.path.join(out, f"confusion_matrix_{os.path.basename(os.path.normpath(run_dir))}.{fmt}")
+    return os.path.join(run_dir, f"confusion_matrix.{fmt}")
+
+
 def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
     """Write every figure for `run_dirs` (see the module docstring); return the paths written."""
     if fmt not in FORMATS:
@@ -220,7 +232,7 @@ def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
         metrics = rundir.read_json(metrics_path, "the test metrics written by evaluate.py")
         if not isinstance(metrics, dict) or "confusion_matrix" not in metrics:
             raise UserError(f"{metrics_path}: has no confusion_matrix (rerun evaluate.py)")
-        written.append(plot_confusion_matrix(metrics, label, os.path.join(run_dir, f"confusion_matrix.{fmt}")))
+        written.append(plot_confusion_matrix(metrics, label, confusion_matrix_path(run_dir, out, fmt)))
     if data_dir:
         (x_train, y_train), _ = data.load_cifar10(data_dir)
         count = GRID_ROWS * GRID_COLUMNS
@@ -235,7 +247,8 @@ def main(argv=None):
         prog="plots.py", description="Draw the paper's figures from run folders: accuracy and loss "
         "curves (Figures 5-7), each evaluated run's confusion matrix, and with --data-dir the first "
         "48 training images (Figure 1).")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py, or "
+                        "records kept by results.py collect (results/NAME)")
     parser.add_argument("--out", default=DEFAULT_OUT,
                         help=f"folder for the figures of all runs (default: {DEFAULT_OUT}/); each "
                         "confusion matrix goes into its own run folder")

@@ -166,3 +166,17 @@ def test_run_schedule_reads_config(runs, tmp_path):
     vgg16, alexnet = runs
     assert plots.run_schedule(vgg16) == "plateau" and plots.run_schedule(alexnet) == "cosine"
     assert plots.run_schedule(str(tmp_path)) == "plateau"  # a folder without config.json: the report's
+
+
+def test_a_record_folder_is_plotted_and_left_as_collected(runs, tmp_path, capsys):
+    import results
+    vgg16, _ = runs
+    records = tmp_path / "results"
+    record = results.collect(vgg16, str(records), name="vgg16_record")
+    before = {name: open(os.path.join(record, name), "rb").read() for name in os.listdir(record)}
+    out = tmp_path / "figures"
+    assert plots.main([record, "--out", str(out)]) == 0
+    _check_png(out / "accuracy.png")
+    _check_png(out / "confusion_matrix_vgg16_record.png", (600, 600))
+    after = {name: open(os.path.join(record, name), "rb").read() for name in os.listdir(record)}
+    assert after == before  # no figure, nothing rewritten inside the record

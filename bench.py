@@ -29,9 +29,9 @@ import numpy as np
 import augment
 import data
 import models
-import train
+import recipes
 
-BATCH_SIZE = train.Settings().batch_size  # training images a step: the paper's 64, from train.py's declaration
+BATCH_SIZE = recipes.Settings().batch_size  # training images a step: the paper's 64, from recipes.py's declaration
 DEFAULT_MODELS = ("vgg16", "alexnet")  # vgg16_pretrained (224x224 inputs) takes minutes an epoch on a CPU
 DEFAULT_IMAGES = 2560  # training images a timed epoch: 40 of the paper's batches
 DEFAULT_REPEATS = 3  # timed epochs (and prediction passes) a measurement, after one warm-up
@@ -43,7 +43,7 @@ STEPS_PER_EXECUTION = 1  # train steps a graph call; 8 measured no faster here (
 SLOW_MIXED_IMAGES = 320
 DEFAULT_OUT = "bench.json"
 
-FAST_BATCH_SIZE = train.RECIPES["fast"]["batch_size"]  # the fast recipe's batch, from its declaration
+FAST_BATCH_SIZE = recipes.RECIPES["fast"]["batch_size"]  # the fast recipe's batch, from its declaration
 PIPELINES = (  # (name, precision, batch size), in the order measured; the first is the baseline
     ("paper", "float32", BATCH_SIZE),
     ("fast", "float32", BATCH_SIZE),
@@ -72,8 +72,8 @@ class _EpochTimer(keras.callbacks.Callback):
 def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
     """A fresh model compiled as train.py compiles `recipe` (its optimizer, schedule and loss)."""
     model = models.build_model(name, weights=None)
-    settings = dataclasses.replace(train.recipe_settings(recipe), steps_per_execution=steps_per_execution)
-    train.compile_model(model, settings, steps_per_epoch)
+    settings = dataclasses.replace(recipes.recipe_settings(recipe), steps_per_execution=steps_per_execution)
+    recipes.compile_model(model, settings, steps_per_epoch)
     return model
 
 
@@ -168,7 +168,7 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
 
     count, batch_size = len(x_train), BATCH_SIZE
     steps = math.ceil(count / batch_size)
-    transfer = train.recipe_settings("transfer")
+    transfer = recipes.recipe_settings("transfer")
     pixels = dict(stats, input=data.PIXEL_INPUT)
 
     def timed_fit(model, inputs):
@@ -194,15 +194,15 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
         build = time.perf_counter() - start
         cache_bytes = sum(part.nbytes for part in cache.values())
         log(f"(b) feature cache: {build:.1f} s for {2 * count} images (and mirrors), {cache_bytes / 1e6:.1f} MB")
-        train.compile_model(model, transfer, steps)
+        recipes.compile_model(model, transfer, steps)
         head = models.head_model(model)
         head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
         head_epoch = timed_fit(head, features.CachedFeatures(cache["train"], y_train, batch_size,
                                                               mirrors=cache["train_mirror"], shuffle=True))
         del cache
     log(f"(c) head from the cache: {head_epoch:.2f} s an epoch, {frozen / head_epoch:.0f}x faster than (a)")
-    models.unfreeze(model, train.fine_tune_blocks(transfer))
-    train.compile_model(model, train.fine_tune_settings(transfer), steps)
+    models.unfreeze(model, recipes.fine_tune_blocks(transfer))
+    recipes.compile_model(model, recipes.fine_tune_settings(transfer), steps)
     fine_tune = timed_fit(model, augment.make_dataset(x_train, y_train, pixels, batch_size, augment="crop",
                                                       shuffle=True, seed=0))
     log(f"(d) fine-tuning block5: {fine_tune:.1f} s an epoch")

@@ -185,7 +185,8 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
     model_name, stats = read_run(run_dir)
     device = rundir.device_description()
     start = time.perf_counter()
-    model = rundir.load_model(run_dir)
+    import models  # TensorFlow: only once a model is needed
+    model = models.load_model(run_dir)
     load_seconds = time.perf_counter() - start
 
     x = data.standardize(x_test, stats)

@@ -316,6 +316,22 @@ def set_precision(precision, on_gpu=False):
     return policy
 
 
+def load_model(run_dir):
+    """Load a run folder's model.keras; a missing or broken file is a UserError naming it.
+
+    Here, not in rundir.py: the custom layers a model.keras may hold (ImageNetPreprocessing)
+    are registered by this module, and rundir.py imports no module of ours.
+    """
+    path = os.path.join(run_dir, rundir.MODEL_FILE)
+    if not os.path.isfile(path):
+        raise UserError(f"{path}: missing (is '{run_dir}' a run folder made by train.py?)")
+    try:
+        return keras.saving.load_model(path)
+    except Exception as error:  # Keras raises many types for a damaged archive
+        raise UserError(f"{path}: cannot be loaded ({type(error).__name__}: "
+                        f"{str(error).splitlines()[0] if str(error) else ''})") from None
+
+
 def count_parameters(model):
     """(total, trainable, frozen) parameter counts, as model.summary() reports them."""
     trainable = sum(int(np.prod(w.shape)) for w in model.trainable_weights)

@@ -124,7 +124,8 @@ def load_run(run_dir):
     """(model, stats, model name) of a run folder; a UserError with one clear line otherwise."""
     rundir.check_run_dir(run_dir)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
-    model = rundir.load_model(run_dir)
+    import models  # TensorFlow: only once a model is needed
+    model = models.load_model(run_dir)
     return model, stats, rundir.model_name(run_dir)
 
 

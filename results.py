@@ -108,9 +108,9 @@ def read_record(folder):
 
 def command_of(config):
     """The train.py command that reproduces a run (its recipe, then what differs from the recipe)."""
-    import train  # TensorFlow: only when a table is made
+    import recipes  # TensorFlow: only when a table is made
     settings = config["settings"]
-    recipe = train.recipe_settings(settings.get("recipe", "paper"))
+    recipe = recipes.recipe_settings(settings.get("recipe", "paper"))
     words = ["python train.py", config["model"]]
     if recipe.recipe != "paper":
         words += ["--recipe", recipe.recipe]

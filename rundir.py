@@ -195,21 +195,6 @@ def save_model(model, path, **kwargs):
         model.save(tmp, **kwargs)
 
 
-def load_model(run_dir):
-    """Load the run's model.keras; a missing or broken file is a UserError naming it."""
-    import keras
-
-    import models  # noqa: F401 -- registers the custom layers a model.keras may hold
-    path = os.path.join(run_dir, MODEL_FILE)
-    if not os.path.isfile(path):
-        raise UserError(f"{path}: missing (is '{run_dir}' a run folder made by train.py?)")
-    try:
-        return keras.saving.load_model(path)
-    except Exception as error:  # Keras raises many types for a damaged archive
-        raise UserError(f"{path}: cannot be loaded ({type(error).__name__}: "
-                        f"{str(error).splitlines()[0] if str(error) else ''})") from None
-
-
 def model_name(run_dir):
     """The run's model name from config.json, else the folder's name (config.json is optional to readers)."""
     config_path = os.path.join(run_dir, CONFIG_FILE)

@@ -35,8 +35,9 @@ def trained_vgg16(cifar_dir, tmp_path_factory):
     act on every epoch after the first (the first improves on nothing): the rate is halved
     after epoch 2, so history.json's learning_rate is [5e-4, 5e-4, 2.5e-4].
     """
+    import recipes
     import train
-    settings = dataclasses.replace(train.recipe_settings("paper"), epochs=3, lr_patience=0, lr_min_delta=1e9,
+    settings = dataclasses.replace(recipes.recipe_settings("paper"), epochs=3, lr_patience=0, lr_min_delta=1e9,
                                    **TINY)
     run_dir = str(tmp_path_factory.mktemp("runs") / "vgg16")
     train.train("vgg16", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
@@ -46,8 +47,9 @@ def trained_vgg16(cifar_dir, tmp_path_factory):
 @pytest.fixture(scope="session")
 def trained_alexnet(cifar_dir, tmp_path_factory):
     """An alexnet run of --recipe fast (cosine schedule, per-step learning rate), 3 epochs."""
+    import recipes
     import train
-    settings = dataclasses.replace(train.recipe_settings("fast"), epochs=3, **TINY)
+    settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=3, **TINY)
     run_dir = str(tmp_path_factory.mktemp("runs") / "alexnet")
     train.train("alexnet", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
     return run_dir

@@ -54,3 +54,38 @@ def test_no_committed_record_or_doc_holds_a_path_of_the_machine_that_made_it():
                 if machine_path.search(line):
                     found.append(f"{name}:{number}: {line.strip()[:80]}")
     assert not found, found
+
+
+def _our_imports():
+    """{module: the modules of ours it imports, anywhere in it} for every .py file at the top level."""
+    import ast
+    ours = {name[:-3] for name in os.listdir(ROOT) if name.endswith(".py")}
+    graph = {}
+    for module in ours:
+        tree = ast.parse(read(module + ".py"))
+        found = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                found.update(alias.name.split(".")[0] for alias in node.names)
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                found.add(node.module.split(".")[0])
+        graph[module] = found & ours - {module}
+    return graph
+
+
+def test_the_import_tree_has_no_circle_and_rundir_is_the_ground_floor():
+    graph = _our_imports()
+    assert graph["rundir"] == set()  # rundir.py imports no module of ours
+    assert {"recipes", "checkpoint"} <= graph["train"]
+
+    def reaches(start, target, seen=()):
+        return any(step == target or (step not in seen and reaches(step, target, (*seen, step)))
+                   for step in graph[start])
+    circles = sorted(module for module in graph if reaches(module, module))
+    assert not circles, f"modules that import themselves through others: {circles}"
+
+
+def test_no_file_outgrows_a_room():
+    sizes = {name: len(read(name).splitlines()) for name in os.listdir(ROOT) if name.endswith(".py")}
+    assert sizes["train.py"] <= 600, sizes["train.py"]
+    assert max(sizes.values()) <= 700, sizes

@@ -104,7 +104,7 @@ def test_collect_with_model_keeps_an_inference_copy_that_scripts_use(evaluated_r
     out_text = capsys.readouterr().out
     assert open(record / rundir.METRICS_FILE).read() == before
     elsewhere = tmp_path / evaluate.RECORD_METRICS_DIR / "alexnet_short" / rundir.METRICS_FILE
-    assert f"is a committed record" in out_text and f"wrote {os.path.relpath(elsewhere, tmp_path)}" in out_text
+    assert "is a committed record" in out_text and f"wrote {os.path.relpath(elsewhere, tmp_path)}" in out_text
     assert json.load(open(elsewhere))["test_images"] == 40
 
 

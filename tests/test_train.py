@@ -1,4 +1,5 @@
 """train.py end to end on synthetic CIFAR-10: run folders, resume after SIGKILL, bad input, two CPU devices."""
+import dataclasses
 import json
 import os
 import pickle
@@ -11,8 +12,11 @@ import numpy as np
 import pytest
 
 import data
+import models
+import recipes
 import rundir
 import train
+from checkpoint import CHECKPOINT_DIR, STATE_FILE, eta_line
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for seconds an epoch on two shared CPU cores.
@@ -41,7 +45,7 @@ def check_run_folder(run_dir, model_name, epochs, best_is_lowest=True):
         assert config["best_epoch"] - 1 == int(np.argmin(history["val_loss"]))
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     assert stats["pixels"] == config["split"]["train"] * 32 * 32 * 3
-    assert not os.path.exists(os.path.join(run_dir, train.CHECKPOINT_DIR))  # removed once complete
+    assert not os.path.exists(os.path.join(run_dir, CHECKPOINT_DIR))  # removed once complete
     assert not [name for name in os.listdir(run_dir) if name.startswith(".") and name != rundir.LOCK_FILE]  # no temporaries
     model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
     images = data.standardize(np.zeros((2, 32, 32, 3), np.uint8), stats)
@@ -168,22 +172,22 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
             "--stop-patience", "3", "--stop-min-delta", "1e9"]
     # train.py, held after epoch 1's commit until the kill (its stdin never ends while this test
     # lives), so the kill lands after epoch 1 however fast the machine: no race with epochs 2-4.
-    script = ("import sys, train\n"
-              "commit = train.RunFolderCheckpoint.commit\n"
+    script = ("import sys, checkpoint, train\n"
+              "commit = checkpoint.RunFolderCheckpoint.commit\n"
               "def commit_then_hold(self, epoch):\n"
               "    commit(self, epoch)\n"
               "    if epoch == 0:\n"
               "        sys.stdin.read()\n"
-              "train.RunFolderCheckpoint.commit = commit_then_hold\n"
+              "checkpoint.RunFolderCheckpoint.commit = commit_then_hold\n"
               "sys.exit(train.main(sys.argv[1:]))\n")
     log_path = tmp_path / "first.log"
     with open(log_path, "w") as log:
         process = subprocess.Popen([sys.executable, "-c", script, *argv], cwd=ROOT, stdin=subprocess.PIPE,
                                    stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, PYTHONUNBUFFERED="1"))
-        checkpoint = os.path.join(run_dir, train.CHECKPOINT_DIR)
+        checkpoint = os.path.join(run_dir, CHECKPOINT_DIR)
         deadline = time.monotonic() + 240
-        while not (os.path.exists(os.path.join(checkpoint, train.STATE_FILE))
-                   and read(checkpoint, train.STATE_FILE)["epoch"] >= 1):
+        while not (os.path.exists(os.path.join(checkpoint, STATE_FILE))
+                   and read(checkpoint, STATE_FILE)["epoch"] >= 1):
             assert process.poll() is None, log_path.read_text()
             assert time.monotonic() < deadline, log_path.read_text()
             time.sleep(0.02)
@@ -193,7 +197,7 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
     assert "strategy mirrored (2 replica(s))" in log_path.read_text()
     config = read(run_dir, rundir.CONFIG_FILE)
     assert config["status"] == "running" and config["strategy"] == {"name": "mirrored", "replicas": 2}
-    done = read(checkpoint, train.STATE_FILE)["epoch"]
+    done = read(checkpoint, STATE_FILE)["epoch"]
     assert done == 1
 
     capsys.readouterr()
@@ -219,9 +223,9 @@ def test_a_recipe_sets_the_defaults_and_flags_override_them(monkeypatch):
     assert train.main(["vgg16", "--recipe", "fast", "--epochs", "3", "--learning-rate", "0.05"]) == 0
     assert train.main(["vgg16", "--epochs", "3"]) == 0
     fast, paper = seen
-    assert fast == train.dataclasses.replace(train.recipe_settings("fast"), epochs=3, learning_rate=0.05)
+    assert fast == dataclasses.replace(recipes.recipe_settings("fast"), epochs=3, learning_rate=0.05)
     assert (fast.schedule, fast.batch_size, fast.augmentation) == ("cosine", 256, "crop")  # the recipe's, not the defaults
-    assert paper == train.dataclasses.replace(train.Settings(), epochs=3)  # no --recipe: the paper's protocol
+    assert paper == dataclasses.replace(recipes.Settings(), epochs=3)  # no --recipe: the paper's protocol
     assert (paper.schedule, paper.batch_size, paper.learning_rate) == ("plateau", 64, 5e-4)
 
 
@@ -264,18 +268,18 @@ def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_
 
 
 def test_precision_auto_is_mixed_only_on_a_cpu_with_native_bfloat16(monkeypatch):
-    settings = train.recipe_settings("regularized")
+    settings = recipes.recipe_settings("regularized")
     assert settings.precision == "auto"
     for native, expected in ((True, "mixed"), (False, "float32"), (None, "float32")):  # None: unknown (macOS)
-        monkeypatch.setattr(train.rundir, "cpu_description", lambda: ("a CPU", native))
-        assert train.resolve_settings("vgg16", settings).precision == expected
-    assert train.resolve_settings("vgg16", train.Settings()).precision == "float32"  # the paper's: never changed
+        monkeypatch.setattr(rundir, "cpu_description", lambda: ("a CPU", native))
+        assert recipes.resolve_settings("vgg16", settings).precision == expected
+    assert recipes.resolve_settings("vgg16", recipes.Settings()).precision == "float32"  # the paper's: never changed
 
 
 def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
-    settings = train.dataclasses.replace(train.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
+    settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
                                          learning_rate=0.1, min_lr=0.001)
-    schedule = train.make_optimizer(settings, steps_per_epoch=10)._learning_rate
+    schedule = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
     rates = [float(schedule(step)) for step in range(41)]
     assert rates[0] == 0 and rates[5] == pytest.approx(0.05) and rates[10] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(rates[10:40], rates[11:41]))  # decays every step after warm-up
@@ -297,24 +301,24 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(cifar_dir, tmp_path, cap
     # SIGKILL, from inside the process right after epoch 1's commit: as abrupt as a kill from
     # outside, and never too late (a 2-epoch run could otherwise finish before the kill lands).
     killed = str(tmp_path / "killed")
-    script = ("import os, signal, sys, train\n"
-              "commit = train.RunFolderCheckpoint.commit\n"
+    script = ("import os, signal, sys, checkpoint, train\n"
+              "commit = checkpoint.RunFolderCheckpoint.commit\n"
               "def commit_then_die(self, epoch):\n"
               "    commit(self, epoch)\n"
               "    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "train.RunFolderCheckpoint.commit = commit_then_die\n"
+              "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
               "train.main(sys.argv[1:])\n")
     process = subprocess.run([sys.executable, "-c", script, *argv, "--run-dir", killed], cwd=ROOT,
                              capture_output=True, text=True)
     assert process.returncode == -9, process.stderr
-    assert read(os.path.join(killed, train.CHECKPOINT_DIR), train.STATE_FILE)["epoch"] == 1
+    assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],
                   "recipe differs (saved 'fast', given 'paper')")
     assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
-    assert resumed["learning_rate"][1] > 0.5 * train.RECIPES["fast"]["learning_rate"]  # past the warm-up, not back at 0
+    assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES["fast"]["learning_rate"]  # past the warm-up, not back at 0
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
 
 
@@ -331,11 +335,11 @@ def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path
     err = capsys.readouterr().err
     assert "loss nan" in err or "loss inf" in err
     assert f"epoch 1 is the last one kept in {run}; try a lower --learning-rate than 1e+30" in err
-    state = read(os.path.join(run, train.CHECKPOINT_DIR), train.STATE_FILE)
+    state = read(os.path.join(run, CHECKPOINT_DIR), STATE_FILE)
     assert state["epoch"] == 1 and read(run, rundir.HISTORY_FILE)["epoch"] == [1]
     assert np.isfinite(read(run, rundir.HISTORY_FILE)["loss"][0])
     assert read(run, rundir.CONFIG_FILE)["status"] == "running"  # never "complete"
-    model = rundir.load_model(run)
+    model = models.load_model(run)
     assert all(np.isfinite(weight).all() for weight in model.get_weights())
     # The same rules as any resume: a new learning rate is refused (a new run takes it).
     expect_exit_2(capsys, ["alexnet", "--resume", "--run-dir", run, "--learning-rate", "1e-3"],
@@ -343,10 +347,10 @@ def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path
 
 
 def test_eta_line_tells_the_whole_runs_duration():
-    line = train.eta_line(600.0, 1, 300, may_stop_early=True)
+    line = eta_line(600.0, 1, 300, may_stop_early=True)
     assert "epoch 1 took 10.0 min" in line and "300 epochs take 2.1 days in all" in line
     assert "the 299 left about 2.1 days" in line and "sooner if early stopping ends it" in line
-    assert "sooner" not in train.eta_line(30.0, 1, 10)
+    assert "sooner" not in eta_line(30.0, 1, 10)
 
 
 def test_a_run_folder_in_use_is_refused_even_with_resume_or_overwrite(vgg16_run, cifar_dir, tmp_path, capsys):
@@ -377,10 +381,9 @@ def test_a_run_folder_in_use_is_refused_even_with_resume_or_overwrite(vgg16_run,
 
 
 def test_weight_decay_shrinks_kernels_only():
-    import models
-    settings = train.dataclasses.replace(train.recipe_settings("fast"), warmup_fraction=0.0)
+    settings = dataclasses.replace(recipes.recipe_settings("fast"), warmup_fraction=0.0)
     model = models.build_model("vgg16")
-    optimizer = train.make_optimizer(settings, steps_per_epoch=10)
+    optimizer = recipes.make_optimizer(settings, steps_per_epoch=10)
     before = {v.path: np.array(v) for v in model.trainable_variables}
     optimizer.apply_gradients([(keras.ops.zeros_like(v), v) for v in model.trainable_variables])
     factor = 1 - settings.learning_rate * settings.weight_decay  # Adam's own step is 0 on zero gradients

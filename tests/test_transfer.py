@@ -23,8 +23,10 @@ import features
 import models
 import plots
 import predict_image
+import recipes
 import rundir
 import train
+from checkpoint import CHECKPOINT_DIR, STATE_FILE, RunFolderCheckpoint
 from cifar_fixtures import make_images
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -150,8 +152,8 @@ def test_a_fresh_interpreter_loads_a_model_with_imagenet_preprocessing(weights_f
     run_dir.mkdir()
     model = models.build_model("vgg16_pretrained", weights=weights_file, image_size=SIZE, preprocessing="imagenet")
     model.save(str(run_dir / rundir.MODEL_FILE))
-    script = ("import sys, rundir\n"
-              "model = rundir.load_model(sys.argv[1])\n"
+    script = ("import sys, models\n"
+              "model = models.load_model(sys.argv[1])\n"
               "print(model.get_layer('imagenet_preprocessing').__class__.__name__)\n")
     process = subprocess.run([sys.executable, "-c", script, str(run_dir)], cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == 0, process.stderr[-2000:]
@@ -196,7 +198,7 @@ def test_head_trained_on_the_cache_predicts_like_the_assembled_model(weights_fil
     assert built and cache["train"].dtype == np.float16
     before = model.predict(_pixels(images), verbose=0)
     head = models.head_model(model)
-    train.compile_model(model, train.recipe_settings("transfer"), steps_per_epoch=3)
+    recipes.compile_model(model, recipes.recipe_settings("transfer"), steps_per_epoch=3)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     head.fit(features.CachedFeatures(cache["train"], data.one_hot(labels), 32, mirrors=cache["train_mirror"],
                                      shuffle=True), epochs=2, verbose=0)
@@ -340,7 +342,7 @@ def test_a_transfer_run_records_both_phases(transfer_run, weights_file):
     assert config["features"]["built_by_this_run"] and config["features"]["cache"].startswith(str(cache_dir))
     assert config["features"]["bytes"] == (128 * 2 + 64) * 512 * 2  # train, mirrors, validation; 1x1x512 float16
     assert read(run_dir, rundir.STATS_FILE)["input"] == data.PIXEL_INPUT
-    model = rundir.load_model(run_dir)
+    model = models.load_model(run_dir)
     # block5 was fine-tuned, block4 was not: compare with the weights file.
     original = models.build_model("vgg16_pretrained", weights=weights_file, image_size=SIZE).get_layer("vgg16")
     tuned = model.get_layer("vgg16")
@@ -353,7 +355,7 @@ def test_a_transfer_run_records_both_phases(transfer_run, weights_file):
 def test_scripts_feed_a_transfer_run_pixels(transfer_run, cifar_dir, tmp_path):
     """stats.json says the model preprocesses its own input: evaluate and predict_image give it 0-255."""
     run_dir, _ = transfer_run
-    model = rundir.load_model(run_dir)
+    model = models.load_model(run_dir)
     (_, _), (x_test, y_test) = data.load_cifar10(cifar_dir)
     x_test, y_test = x_test[:500], y_test[:500].ravel()
     metrics = evaluate.evaluate_run(run_dir, x_test, y_test, write=False)
@@ -390,35 +392,35 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
     run_dir, cache_dir = transfer_run
     whole = read(run_dir, rundir.HISTORY_FILE)
     killed = str(tmp_path / "killed")
-    script = ("import os, signal, sys, train\n"
-              "commit = train.RunFolderCheckpoint.commit\n"
+    script = ("import os, signal, sys, checkpoint, train\n"
+              "commit = checkpoint.RunFolderCheckpoint.commit\n"
               "def commit_then_die(self, epoch):\n"
               "    commit(self, epoch)\n"
               f"    if epoch + 1 == {kill_after}:\n"
               "        os.kill(os.getpid(), signal.SIGKILL)\n"
-              "train.RunFolderCheckpoint.commit = commit_then_die\n"
+              "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
               "train.main(sys.argv[1:])\n")
     argv = [*transfer_argv(cifar_dir, weights_file, cache_dir), "--run-dir", killed]
     process = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr[-2000:]
-    state = read(os.path.join(killed, train.CHECKPOINT_DIR), train.STATE_FILE)
+    state = read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)
     assert state["epoch"] == kill_after and state["phase"] == (1 if kill_after < 3 else 2)
     def kernels(model):
         return (model.get_layer("fc1").get_weights()[0],
                 model.get_layer("vgg16").get_layer("block5_conv3").get_weights()[0])
-    at_kill = kernels(keras.saving.load_model(os.path.join(killed, train.CHECKPOINT_DIR, state["checkpoint"])))
-    best_head = kernels(rundir.load_model(killed))[0]  # model.keras: phase 1's best epoch so far
+    at_kill = kernels(keras.saving.load_model(os.path.join(killed, CHECKPOINT_DIR, state["checkpoint"])))
+    best_head = kernels(models.load_model(killed))[0]  # model.keras: phase 1's best epoch so far
     # What each fit() of the resumed session starts from (the whole model, also when the head is fit).
     starts = []
-    begin = train.RunFolderCheckpoint.on_train_begin
+    begin = RunFolderCheckpoint.on_train_begin
 
     def record_then_begin(self, logs=None):
         starts.append((self.phase, kernels(self.saved_model or self.model)))
         begin(self, logs)
-    monkeypatch.setattr(train.RunFolderCheckpoint, "on_train_begin", record_then_begin)
+    monkeypatch.setattr(RunFolderCheckpoint, "on_train_begin", record_then_begin)
     lines = []
     # No cache_dir: a resumed run finds the cache its config.json names.
-    assert train.train("vgg16_pretrained", train.load_settings(killed), killed, resume=True, log=lines.append)
+    assert train.train("vgg16_pretrained", recipes.load_settings(killed), killed, resume=True, log=lines.append)
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2, 3, 4] and resumed["phase"] == [1, 1, 2, 2]
     assert resumed["learning_rate"] == pytest.approx(whole["learning_rate"])
@@ -430,7 +432,7 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, wei
         assert any("reused" in line for line in lines)  # the cache of the first session
     config = read(killed, rundir.CONFIG_FILE)
     assert config["status"] == "complete" and len(config["resumed"]) == 1
-    assert not os.path.exists(os.path.join(killed, train.CHECKPOINT_DIR))
+    assert not os.path.exists(os.path.join(killed, CHECKPOINT_DIR))
     # The session went on from the killed run's weights, in the phase it was in.
     assert [phase for phase, _ in starts] == {1: [1, 2], 2: [2], 3: [2]}[kill_after]
     first_fc1, first_block5 = starts[0][1]

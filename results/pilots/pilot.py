@@ -29,20 +29,21 @@ def main(argv=None):
     import keras
     import data
     import models
+    import recipes
     import train
     x_train, y_train, x_valid, y_valid = train.load_split(args.data_dir, args.images, 256)
     stats = data.compute_stats(x_train)
-    fields = {field.name: field for field in dataclasses.fields(train.Settings)}
+    fields = {field.name: field for field in dataclasses.fields(recipes.Settings)}
     for spec in args.specs:
         changes = {}
         for key, value in (item.split("=") for item in spec.split(",") if item):
             changes[key] = fields[key].type(value) if fields[key].type is not bool else value == "1"
-        settings = dataclasses.replace(train.recipe_settings(args.recipe), epochs=args.epochs, seed=0, **changes)
-        settings = train.resolve_settings("vgg16", settings)
+        settings = dataclasses.replace(recipes.recipe_settings(args.recipe), epochs=args.epochs, seed=0, **changes)
+        settings = recipes.resolve_settings("vgg16", settings)
         models.set_precision(settings.precision)
         keras.utils.set_random_seed(0)
         model = models.build_model("vgg16", dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
-        train.compile_model(model, settings, math.ceil(len(x_train) / settings.batch_size))
+        recipes.compile_model(model, settings, math.ceil(len(x_train) / settings.batch_size))
         inputs = train.make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, 0, 0)
         history = model.fit(**inputs, epochs=args.epochs, verbose=0).history
         print(spec, "acc", [round(v, 3) for v in history["accuracy"]], "loss", [round(v, 2) for v in history["loss"]],

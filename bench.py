@@ -44,6 +44,7 @@ SLOW_MIXED_IMAGES = 320
 DEFAULT_OUT = "bench.json"
 
 FAST_BATCH_SIZE = recipes.RECIPES["fast"]["batch_size"]  # the fast recipe's batch, from its declaration
+REGULARIZED_BATCH_SIZE = recipes.RECIPES["regularized"]["batch_size"]
 PIPELINES = (  # (name, precision, batch size), in the order measured; the first is the baseline
     ("paper", "float32", BATCH_SIZE),
     ("fast", "float32", BATCH_SIZE),
@@ -51,7 +52,14 @@ PIPELINES = (  # (name, precision, batch size), in the order measured; the first
     # --recipe fast's input pipeline and optimizer, at the paper's batch and at its own.
     ("crop", "float32", BATCH_SIZE),
     ("crop", "float32", FAST_BATCH_SIZE),
+    # --recipe regularized as it trains (crop, flip and Cutout in tf.data; its optimizer and
+    # batch) in both precisions, then the same on clean tensors with no augmentation map:
+    # the difference is the input pipeline's share of an epoch.
+    ("regularized", "float32", REGULARIZED_BATCH_SIZE),
+    ("regularized", "mixed", REGULARIZED_BATCH_SIZE),
+    ("regularized-noaug", "mixed", REGULARIZED_BATCH_SIZE),
 )
+PIPELINE_NAMES = tuple(dict.fromkeys(name for name, _, _ in PIPELINES))
 PREDICT_PRECISIONS = ("float32", "mixed")
 
 
@@ -61,12 +69,15 @@ class _EpochTimer(keras.callbacks.Callback):
     def __init__(self):
         super().__init__()
         self.seconds = []
+        self.cpu_seconds = []  # of every thread of the process: cores used = cpu_seconds / seconds
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
+        self._cpu_start = time.process_time()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
+        self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
 
 def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
@@ -79,13 +90,15 @@ def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch
 
 def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats=DEFAULT_REPEATS,
                      batch_size=BATCH_SIZE, seed=0, steps_per_execution=STEPS_PER_EXECUTION):
-    """Training images/s of a fresh `name` model, one value per timed epoch.
+    """Training images/s of a fresh `name` model, one value per timed epoch, and the cores it used.
 
     Args:
         name: a models.MODELS key.
         pipeline: "paper" (ImageDataGenerator.flow + model.fit, as the report ran it),
-            "fast" (augment.make_dataset, the same transforms) or "crop" (--recipe fast:
-            the pad-and-crop pipeline and the recipe's optimizer).
+            "fast" (augment.make_dataset, the same transforms), "crop" (--recipe fast:
+            the pad-and-crop pipeline and the recipe's optimizer), "regularized" (its
+            crop, flip and Cutout and its optimizer) or "regularized-noaug" (the same
+            optimizer on clean standardized images: no augmentation in the pipeline).
         precision: "float32" or "mixed"; the global policy is set for this
             measurement only and put back to float32 afterwards.
         x_train, y_train: uint8 images (N, 32, 32, 3) and one-hot labels; every epoch
@@ -94,7 +107,8 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
         repeats: timed epochs, after one untimed warm-up epoch.
 
     Returns:
-        A list of `repeats` images/s figures.
+        (a list of `repeats` images/s figures, the cores the process kept busy over the
+        timed epochs: CPU seconds of all its threads over wall seconds).
     """
     keras.backend.clear_session()
     models.set_precision(precision, on_gpu=_on_gpu())
@@ -103,20 +117,22 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
             model = _compiled_model(name)
             inputs = data.paper_generator().flow(data.standardize(x_train, stats), y_train,
                                                  batch_size=batch_size, seed=seed)
-        elif pipeline in ("fast", "crop"):
-            recipe = "fast" if pipeline == "crop" else "paper"
+        elif pipeline in ("fast", "crop", "regularized", "regularized-noaug"):
+            recipe = {"fast": "paper", "crop": "fast"}.get(pipeline, "regularized")
             model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
-            inputs = augment.make_dataset(x_train, y_train, stats, batch_size,
-                                          augment="paper" if pipeline == "fast" else "crop",
-                                          shuffle=True, seed=seed)
+            augmentation = {"fast": "paper", "regularized-noaug": None}.get(pipeline, "crop")
+            cutout = recipes.RECIPES["regularized"]["cutout"] if pipeline == "regularized" else 0
+            inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment=augmentation,
+                                          shuffle=True, seed=seed, cutout=cutout)
         else:
-            raise ValueError(f"unknown pipeline '{pipeline}'; choose paper, fast or crop")
+            raise ValueError(f"unknown pipeline '{pipeline}'; choose one of {', '.join(PIPELINE_NAMES)}")
         timer = _EpochTimer()
         # The dataset shuffles itself (and the paper's flow() does too): fit must not try.
         model.fit(inputs, epochs=1 + repeats, callbacks=[timer], verbose=0, shuffle=False)
     finally:
         models.set_precision("float32")
-    return [len(x_train) / seconds for seconds in timer.seconds[1:]]
+    cores = sum(timer.cpu_seconds[1:]) / sum(timer.seconds[1:])
+    return [len(x_train) / seconds for seconds in timer.seconds[1:]], cores
 
 
 def measure_prediction(name, precision, x_test, stats, repeats=DEFAULT_REPEATS,
@@ -225,8 +241,10 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
     }
 
 
-def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print):
-    """Every measurement for every model; returns the report as a JSON-ready dict."""
+def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print,
+              pipelines=PIPELINE_NAMES, predict=True):
+    """Every measurement for every model (training: the PIPELINES named in `pipelines`);
+    returns the report as a JSON-ready dict."""
     cpu, bf16 = rundir.cpu_description()
     # Mixed precision on a CPU that only emulates bfloat16 is timed on fewer images.
     slow_mixed = not bf16 and not _on_gpu()
@@ -235,7 +253,8 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
         return min(count, SLOW_MIXED_IMAGES) if precision == "mixed" and slow_mixed else count
     report = {
         "device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16,
-        "settings": {"models": list(model_names), "train_images": len(x_train), "test_images": len(x_test),
+        "settings": {"models": list(model_names), "pipelines": list(pipelines), "predict": predict,
+                     "train_images": len(x_train), "test_images": len(x_test),
                      "repeats": repeats, "batch_size": BATCH_SIZE, "predict_batch_size": PREDICT_BATCH_SIZE,
                      "steps_per_execution": STEPS_PER_EXECUTION},
         "versions": _versions(), "training": [], "prediction": [],
@@ -243,17 +262,22 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
     for name in model_names:
         baseline = None
         for pipeline, precision, batch_size in PIPELINES:
+            if pipeline not in pipelines:
+                continue
             count = images_for(precision, len(x_train))
-            rates = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats, repeats,
-                                     batch_size=batch_size)
+            rates, cores = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats,
+                                            repeats, batch_size=batch_size)
             median = statistics.median(rates)
-            baseline = baseline or median
+            baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
             report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
-                                       "batch_size": batch_size, "images_per_second": median, "ratio_to_paper": median / baseline,
+                                       "batch_size": batch_size, "images_per_second": median,
+                                       "ratio_to_first": median / baseline, "cores_used": cores,
                                        "images": count, "runs": rates})
-            log(f"{name:<17} train    {pipeline:<6} {precision:<8} batch {batch_size:<4} {median:8.0f} images/s  "
-                f"{median / baseline:5.2f}x the paper's pipeline" + (f"  ({count} images)" if count < len(x_train) else ""))
-        for precision in PREDICT_PRECISIONS:
+            log(f"{name:<17} train    {pipeline:<17} {precision:<8} batch {batch_size:<4} {median:8.0f} images/s  "
+                f"{median / baseline:5.2f}x the first row, {cores:.2f} cores (runs: "
+                f"{', '.join(f'{rate:.0f}' for rate in rates)})"
+                + (f"  ({count} images)" if count < len(x_train) else ""))
+        for precision in PREDICT_PRECISIONS if predict else ():
             count = images_for(precision, len(x_test))
             rates = measure_prediction(name, precision, x_test[:count], stats, repeats)
             median = statistics.median(rates)
@@ -312,6 +336,10 @@ def main(argv=None):
     parser.add_argument("--repeats", type=_positive, default=DEFAULT_REPEATS,
                         help="timed repeats a measurement, after one warm-up (default: %(default)s)")
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON report to write (default: %(default)s)")
+    parser.add_argument("--pipelines", default=",".join(PIPELINE_NAMES),
+                        help="training measurements to make, comma-separated (default: all, %(default)s); "
+                        "regularized-noaug is --recipe regularized with no augmentation, for the pipeline's share")
+    parser.add_argument("--no-predict", action="store_true", help="time training only, not prediction")
     parser.add_argument("--transfer", action="store_true", help="instead, time vgg16_pretrained's ways to "
                         "train on --images images (default here 640): a frozen-base epoch the report's way, "
                         "building --recipe transfer's feature cache, a head epoch from it, a fine-tuning epoch; "
@@ -319,6 +347,11 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.transfer:
         return _main_transfer(args)
+    pipelines = [name.strip() for name in args.pipelines.split(",") if name.strip()]
+    unknown = [name for name in pipelines if name not in PIPELINE_NAMES]
+    if unknown or not pipelines:
+        raise rundir.UserError(f"unknown pipeline '{unknown[0] if unknown else args.pipelines}'; "
+                               f"choose from {', '.join(PIPELINE_NAMES)}")
     names = [name.strip() for name in args.models.split(",") if name.strip()]
     unknown = [name for name in names if name not in models.MODELS]
     if unknown or not names:
@@ -331,7 +364,8 @@ def main(argv=None):
     print(f"data: {data.describe_source(args.data_dir)}; {len(x_train):,} training images an epoch, "
           f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
     start = time.perf_counter()
-    report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log)
+    report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log, pipelines=pipelines,
+                       predict=not args.no_predict)
     report["data_source"] = os.path.basename(data.describe_source(args.data_dir))  # a name, not this machine's path
     report["seconds"] = time.perf_counter() - start
     rundir.write_json(args.out, report)

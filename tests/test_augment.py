@@ -334,7 +334,9 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     assert report["settings"]["train_images"] == 320 and report["device"] and report["cpu"]
     training = report["training"]
     assert [(r["pipeline"], r["precision"]) for r in training] == [
-        ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("crop", "float32"), ("crop", "float32")]
+        ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("crop", "float32"), ("crop", "float32"),
+        ("regularized", "float32"), ("regularized", "mixed"), ("regularized-noaug", "mixed")]
+    assert all(0 < r["cores_used"] for r in training)
     # Each row's batch size is the one its model trained with (the largest batch it saw: the
     # last batch of an epoch may be smaller), and mixed rows trained in a 16-bit dtype.
     assert [r["batch_size"] for r in training] == [max(sizes) for sizes, _ in seen]
@@ -343,6 +345,18 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in training)
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
     assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])
+
+    # A chosen subset, training only; an unknown pipeline is one line.
+    seen.clear()
+    assert bench.main(["--data-dir", str(cifar_dir), "--models", "vgg16", "--images", "320", "--repeats", "1",
+                       "--pipelines", "regularized,regularized-noaug", "--no-predict", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["pipeline"], r["precision"]) for r in report["training"]] == [
+        ("regularized", "float32"), ("regularized", "mixed"), ("regularized-noaug", "mixed")]
+    assert report["prediction"] == [] and [max(sizes) for sizes, _ in seen] == [256, 256, 256]
+    with pytest.raises(SystemExit) as raised:
+        bench.main(["--data-dir", str(cifar_dir), "--pipelines", "crop,warp", "--out", str(out)])
+    assert raised.value.code == 2
     assert keras.config.dtype_policy().name == "float32"  # the mixed policy never leaks out
 
 

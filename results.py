@@ -4,6 +4,7 @@
     python results.py collect --with-model runs/vgg16_regularized_30ep      # also a small inference model
     python results.py table                                              # the README's table, as Markdown
     python results.py records                                            # one row per record
+    python results.py paper                          # the report's Tables 1-2 beside ours (its protocol)
 
 `results/NAME/` keeps, for every run whose numbers the README reports, the run folder's
 config.json, history.json and metrics.json. With --with-model it also keeps model.keras
@@ -199,6 +200,64 @@ def table(results_dir=RESULTS_DIR):
     return "\n".join(lines)
 
 
+# The report's Tables 1 and 2 (Gomez Cruz 2025, section 4), keyed by our model names: training
+# minutes on a MacBook Air M3, validation accuracy % (on augmented images: its generator fed
+# validation too), test-set prediction seconds and test accuracy % (Table 2's "Val. Acc." is
+# the test set's, section 4's text says).
+PAPER_TABLES = {
+    "vgg16": {"label": "Scratch VGG16", "train_minutes": 249, "val_accuracy": 90, "predict_seconds": 4,
+              "test_accuracy": 90},
+    "alexnet": {"label": "Scratch AlexNet", "train_minutes": 108, "val_accuracy": 72, "predict_seconds": 3,
+                "test_accuracy": 74},
+    "vgg16_pretrained": {"label": "Pretrained VGG16", "train_minutes": 150, "val_accuracy": 70,
+                         "predict_seconds": 100, "test_accuracy": 77},
+}
+REPRODUCED_WITHIN = 1.0  # accuracy points: closer than this to the report's test figure is "reproduced"
+
+
+def verdict(ours, theirs):
+    """'reproduced', 'beaten by X points' or 'short by X points': our test accuracy (%) against the report's."""
+    gap = ours - theirs
+    if abs(gap) <= REPRODUCED_WITHIN:
+        return f"reproduced ({gap:+.1f} points)"
+    return f"beaten by {gap:.1f} points" if gap > 0 else f"short by {-gap:.1f} points"
+
+
+def paper_table(results_dir=RESULTS_DIR):
+    """The report's Tables 1-2 beside ours, from the records trained with its protocol (--recipe paper).
+
+    A record stopped by --epochs before its protocol's end is listed, marked as partial.
+    """
+    import recipes
+    lines = ["| model | record | epochs run (kept) | training time | val. accuracy (kept epoch, clean) "
+             "| test accuracy | with TTA | predicting the test set | machine | the report | ours against "
+             "the report's test accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    protocol = recipes.Settings()
+    for folder in _record_folders(results_dir):
+        config, history, metrics = read_record(os.path.join(results_dir, folder))
+        settings = config["settings"]
+        if settings.get("recipe", "paper") != "paper" or config["model"] not in PAPER_TABLES:
+            continue
+        paper = PAPER_TABLES[config["model"]]
+        best = config["best_epoch"] - 1
+        partial = settings["epochs"] < protocol.epochs and config["epochs_completed"] == settings["epochs"]
+        test = 100 * metrics["test_accuracy"]
+        tta = _tta(metrics)
+        lines.append(
+            f"| {paper['label']} | `{folder}` | {config['epochs_completed']} ({best + 1})"
+            + (f", partial: --epochs {settings['epochs']}" if partial else "")
+            + f" | {config['train_seconds'] / 60:.0f} min | {100 * history['val_accuracy'][best]:.2f} % "
+            f"| {test:.2f} % | {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
+            f"| {metrics['predict_seconds']:.1f} s | {config['device']} "
+            f"| {paper['train_minutes']} min, val. {paper['val_accuracy']} % (augmented), test "
+            f"{paper['test_accuracy']} %, {paper['predict_seconds']} s (MacBook Air M3) "
+            f"| {verdict(test, paper['test_accuracy'])}" + (" after a partial run" if partial else "") + " |")
+    if len(lines) == 2:
+        raise UserError(f"results folder '{results_dir}' holds no record trained with the report's protocol")
+    return "\n".join(lines)
+
+
 @rundir.one_line_errors("results.py")
 def main(argv=None):
     parser = rundir.ArgumentParser(
@@ -214,12 +273,16 @@ def main(argv=None):
     commands.add_parser("table", help="print the results table (Markdown): one row per configuration, mean "
                         "and standard deviation over the records that differ only in --seed")
     commands.add_parser("records", help="print one row per record (Markdown)")
+    commands.add_parser("paper", help="print the report's Tables 1 and 2 beside ours (Markdown), from the "
+                        "records trained with its protocol, with reproduced / beaten / short")
     args = parser.parse_args(argv)
     if args.command == "collect":
         for run_dir in args.run_dirs:
             print(f"wrote {collect(run_dir, args.results_dir, with_model=args.with_model)}")
     elif args.command == "records":
         print(records_table(args.results_dir))
+    elif args.command == "paper":
+        print(paper_table(args.results_dir))
     else:
         print(table(args.results_dir))
     return 0

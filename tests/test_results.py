@@ -136,3 +136,32 @@ def test_table_of_an_empty_folder_is_one_line(tmp_path, capsys):
     assert raised.value.code == 2
     err = capsys.readouterr().err
     assert "holds no run records" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, evaluated_run, run_copy, tmp_path,
+                                                                 capsys):
+    vgg16 = run_copy(trained_vgg16)  # the report's protocol, --epochs 3
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(vgg16, x_test, y_test, batch_size=32, tta="flip")
+    out = tmp_path / "results"
+    results.collect(vgg16, str(out), name="vgg16_paper")
+    results.collect(evaluated_run, str(out), name="alexnet_fast")  # --recipe fast: not in the report's table
+    shutil.copytree(out / "vgg16_paper", out / "vgg16_paper_full")
+    config = json.load(open(out / "vgg16_paper_full" / rundir.CONFIG_FILE))
+    config["settings"]["epochs"] = 300  # as if EarlyStopping had ended a full run after these epochs
+    rundir.write_json(str(out / "vgg16_paper_full" / rundir.CONFIG_FILE), config)
+    for name, accuracy in (("vgg16_paper", 0.8950), ("vgg16_paper_full", 0.9212)):
+        metrics = json.load(open(out / name / rundir.METRICS_FILE))
+        rundir.write_json(str(out / name / rundir.METRICS_FILE), dict(metrics, test_accuracy=accuracy))
+    assert results.main(["--results-dir", str(out), "paper"]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()[2:]
+    assert len(rows) == 2 and not any("alexnet_fast" in row for row in rows)
+    partial, full = rows
+    assert "`vgg16_paper`" in partial and "partial: --epochs 3" in partial
+    assert "89.50 %" in partial and "reproduced (-0.5 points) after a partial run" in partial  # the report: 90 %
+    assert "partial" not in full and "beaten by 2.1 points" in full
+    assert "249 min, val. 90 % (augmented), test 90 %, 4 s (MacBook Air M3)" in full
+    metrics = json.load(open(out / "vgg16_paper_full" / rundir.METRICS_FILE))
+    rundir.write_json(str(out / "vgg16_paper_full" / rundir.METRICS_FILE), dict(metrics, test_accuracy=0.7240))
+    assert results.main(["--results-dir", str(out), "paper"]) == 0
+    assert "short by 17.6 points" in capsys.readouterr().out.splitlines()[3]

@@ -298,8 +298,10 @@ def format_table(all_metrics):
 def main(argv=None):
     parser = rundir.ArgumentParser(
         prog="evaluate.py", description="Evaluate run folders on the CIFAR-10 test set, print the "
-        "paper's Table 2 with the paper's figures beside ours, and write metrics.json into each run.")
-    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
+        "paper's Table 2 with the paper's figures beside ours, and write metrics.json into each run (for a "
+        f"record kept by results.py collect, into {RECORD_METRICS_DIR}/NAME/ instead: the record stays as it was).")
+    parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py, or records "
+                        "kept by results.py collect --with-model (results/NAME)")
     data.add_data_dir_argument(parser)
     parser.add_argument("--batch-size", type=int, default=DEFAULT_BATCH_SIZE,
                         help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")

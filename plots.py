@@ -250,8 +250,8 @@ def main(argv=None):
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py, or "
                         "records kept by results.py collect (results/NAME)")
     parser.add_argument("--out", default=DEFAULT_OUT,
-                        help=f"folder for the figures of all runs (default: {DEFAULT_OUT}/); each "
-                        "confusion matrix goes into its own run folder")
+                        help=f"folder for the figures of all runs (default: {DEFAULT_OUT}/); each run's "
+                        "confusion matrix goes into its run folder, a record's (results/NAME) into this folder")
     parser.add_argument("--data-dir", metavar="DIR", help="an official CIFAR-10 layout (as in data.py): "
                         "also draw Figure 1, the first 48 training images")
     parser.add_argument("--format", default="png", choices=FORMATS, help="figure format (default: png)")

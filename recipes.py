@@ -120,8 +120,8 @@ class Settings:
                           "split and validate on the first max(N // 10, batch size) of the 5,000; "
                           "default: all")
     precision: str = _setting("float32", "float32; mixed (bfloat16 on CPU, float16 on GPU); auto: mixed on a "
-                              "CPU with native bfloat16 (AVX-512 BF16 or AMX), where it trains ~1.3x faster, "
-                              "float32 elsewhere (emulated bfloat16 is ~10x slower); config.json keeps the "
+                              "CPU with native bfloat16 (AVX-512 BF16 or AMX), float32 elsewhere, where bfloat16 is "
+                              "emulated and far slower (docs/performance.md); config.json keeps the "
                               "resolved value; paper: float32", choices=PRECISIONS)
     steps_per_execution: int = _setting(1, "training steps per compiled call; more cuts per-step "
                                         "overhead on fast GPUs")
@@ -137,10 +137,10 @@ class Settings:
 # airbench94, chosen by the pilots in results/pilots/ and measured in results/.
 _FAST = {
     "epochs": 30,  # a tenth of the paper's 300; the schedule stretches to whatever --epochs says
-    "batch_size": 256,  # 4x the paper's: fewer, larger steps (faster on GPUs; see README for CPUs)
+    "batch_size": 256,  # 4x the paper's: fewer, larger steps (faster on GPUs; docs/performance.md for CPUs)
     # Adam with decoupled weight decay (AdamW, Loshchilov & Hutter 2019), not the speed
     # records' Nesterov SGD: on this network SGD warmed to 0.05-0.2 learned slower (pilots in
-    # results/pilots/; README, "How the fast recipe was chosen").
+    # results/pilots/; docs/recipes.md, "How the fast recipe was chosen").
     "optimizer": "adam",
     "learning_rate": 4e-3,  # peak; pilots: 3 epochs gave 76.7 % validation at 4e-3, 74.4 % at 2e-3
     "weight_decay": 0.05,  # decoupled: kernels shrink by lr * 0.05 a step (AdamW's usual range)
@@ -163,17 +163,17 @@ RECIPES = {
     "fast": _FAST,  # declared above
     # fast with the regularization a 30-epoch run needs (issue 14): fast at 30 epochs fits its
     # training images (96.6 % against 88.2 % validation), so each image is made harder to
-    # memorize. Chosen by the runs in results/ (README, "How the recipes were chosen").
+    # memorize. Its runs are in results/ (docs/recipes.md).
     "regularized": {
         **_FAST,
         "label_smoothing": 0.2,  # airbench94 and Page's ResNet-9 use 0.2 (fast: 0.1)
         "cutout": 8,  # an 8x8 square, as Page's 24-epoch ResNet-9; DeVries & Taylor used 16 for 200 epochs
-        "precision": "auto",  # bfloat16 where the CPU has it natively: faster, same accuracy (README)
+        "precision": "auto",  # bfloat16 where the CPU has it natively (docs/performance.md)
     },
     # vgg16_pretrained done right (issue 9): the report's protocol for the head (Adam 5e-4,
     # batch 64, its 10 epochs), with the two causes of its slow, weak result removed and
     # the usual next step added. Its accuracy with ImageNet weights is not measured here
-    # (no download on our machines); README, "The pretrained VGG16".
+    # (no download on our machines); docs/pretrained.md.
     "transfer": {
         "epochs": 10,  # the head's epochs: the report's vgg16_pretrained run
         "preprocessing": "imagenet",  # what Keras' ImageNet weights expect, not the report's N(0, 1)

@@ -286,16 +286,17 @@ def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert rates[40] == pytest.approx(0.001)
 
 
-def test_a_killed_fast_run_resumes_on_the_same_schedule(cifar_dir, tmp_path, capsys):
-    """A 2-epoch --recipe fast run killed after epoch 1 and resumed has, epoch by epoch, the
+@pytest.mark.parametrize("recipe", ["fast", "regularized"])  # regularized: Cutout and precision auto too
+def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, cifar_dir, tmp_path, capsys):
+    """A 2-epoch --recipe fast (or regularized) run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
-    argv = ["vgg16", "--recipe", "fast", "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
+    argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
             "--batch-size", "32", "--seed", "3"]
     whole = str(tmp_path / "whole")
     assert train.main([*argv, "--run-dir", whole]) == 0
     expected = read(whole, rundir.HISTORY_FILE)
     config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
-    assert config["settings"]["recipe"] == "fast" and config["model_epoch"] == "last"
+    assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
     assert config["parameters"] == 1_186_346
 
     # SIGKILL, from inside the process right after epoch 1's commit: as abrupt as a kill from
@@ -313,13 +314,14 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(cifar_dir, tmp_path, cap
     assert process.returncode == -9, process.stderr
     assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],
-                  "recipe differs (saved 'fast', given 'paper')")
+                  f"recipe differs (saved '{recipe}', given 'paper')")
     assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
-    assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES["fast"]["learning_rate"]  # past the warm-up, not back at 0
+    assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES[recipe]["learning_rate"]  # past the warm-up, not back at 0
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
+    assert read(killed, rundir.CONFIG_FILE)["settings"] == config["settings"]  # precision included, as resolved
 
 
 def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path, capsys):

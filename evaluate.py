@@ -9,7 +9,8 @@ stats.json (never statistics of the test set). The model predicts the test set o
 after an untimed warm-up; accuracy, loss (categorical cross-entropy), top-5 accuracy,
 per-class accuracy and the confusion matrix are all computed from those predictions,
 and written with the timing to `metrics.json` in the run folder (Gomez Cruz 2025,
-section 4, Table 2). With --tta, more passes predict other views of every image (its
+section 4, Table 2); for a record kept by results.py collect --with-model, to
+runs/evaluated/NAME/metrics.json instead, the record left as collected. With --tta, more passes predict other views of every image (its
 mirror; with flip-translate also 1-pixel moves, the augmentations the fast recipes
 trained on) and the probability vectors are averaged with TTA_MODES' weights;
 `test_accuracy_tta`, `test_loss_tta`, `tta_mode` and `tta_views` join the plain figures.
@@ -154,7 +155,9 @@ def predict_tta(model, images, batch_size, plain=None, mode="flip"):
 
 def read_run(run_dir):
     """Check a run folder and return (model name, stats) without loading the model."""
+    import results
     rundir.check_run_dir(run_dir)
+    results.check_record_has_model(run_dir)
     model_path = os.path.join(run_dir, rundir.MODEL_FILE)
     if not os.path.isfile(model_path):
         raise UserError(f"{model_path}: missing (is '{run_dir}' a run folder made by train.py?)")
@@ -178,8 +181,8 @@ def evaluate_run(run_dir, x_test, y_test, batch_size=DEFAULT_BATCH_SIZE, write=T
     is timed on its own; then an untimed warm-up (which traces the predict function
     for a full and a ragged batch), then one timed pass over every test image.
     With `tta` (a TTA_MODES name), untimed passes over the mode's other views add
-    test_accuracy_tta, test_loss_tta, tta_mode and tta_views (see predict_tta). With `write`, the metrics are written
-    atomically to RUN_DIR/metrics.json.
+    test_accuracy_tta, test_loss_tta, tta_mode and tta_views (see predict_tta). With
+    `write`, the metrics are written atomically to metrics_path(run_dir).
     """
     import keras  # noqa: F401  (imported, and TensorFlow's devices set up, before the load is timed)
     model_name, stats = read_run(run_dir)
@@ -307,7 +310,7 @@ def main(argv=None):
                         help=f"images per predict batch (default: {DEFAULT_BATCH_SIZE})")
     parser.add_argument("--limit", type=int, default=None,
                         help="evaluate on the first N test images only (a smoke run; default: all 10,000)")
-    parser.add_argument("--tta", nargs="?", const="flip", metavar="MODE", help="test-time augmentation: "
+    parser.add_argument("--tta", nargs="?", const="flip", choices=tuple(TTA_MODES), help="test-time augmentation: "
                         "average each image's probabilities over several views (test_accuracy_tta; Δt stays "
                         "the plain pass). flip (the default MODE): the image and its mirror; flip-translate: "
                         "those and both moved 1 px down-right and up-left (airbench94's level 2)")
@@ -316,8 +319,6 @@ def main(argv=None):
         raise UserError(f"--batch-size must be at least 1, received {args.batch_size}")
     if args.limit is not None and args.limit < 1:
         raise UserError(f"--limit must be at least 1, received {args.limit}")
-    if args.tta is not None:
-        tta_views(args.tta)  # an unknown mode fails before any model or data loads
     for run_dir in args.run_dirs:  # fail on a mistyped folder before loading any data
         read_run(run_dir)
         if still_training(run_dir):
@@ -328,6 +329,7 @@ def main(argv=None):
     all_metrics = []
     for run_dir in args.run_dirs:
         metrics = evaluate_run(run_dir, x_test, y_test, args.batch_size, write=False, tta=args.tta)
+        metrics["test_limit"] = args.limit  # a smoke run on part of the test set says so (results.py refuses it)
         print(format_report(metrics))
         written = write_metrics(run_dir, metrics)
         if written and metrics_path(run_dir) != os.path.join(run_dir, rundir.METRICS_FILE):

@@ -19,6 +19,7 @@ import warnings
 import numpy as np
 
 import data
+import evaluate
 import rundir
 from rundir import UserError
 
@@ -122,7 +123,9 @@ def load_image(path, fit="squash"):
 
 def load_run(run_dir):
     """(model, stats, model name) of a run folder; a UserError with one clear line otherwise."""
+    import results
     rundir.check_run_dir(run_dir)
+    results.check_record_has_model(run_dir)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     import models  # TensorFlow: only once a model is needed
     model = models.load_model(run_dir)
@@ -137,7 +140,6 @@ def classify(model, stats, images, tta=None):
     """
     import keras
 
-    import evaluate
     x = data.standardize(np.stack(images), stats)
     views = evaluate.tta_inputs(x, tta) if tta else [(1.0, x)]
     return sum(weight * np.asarray(keras.ops.convert_to_numpy(model(view, training=False)), dtype=np.float64)
@@ -221,7 +223,7 @@ def main(argv=None):
     parser.add_argument("--fit", choices=FIT_MODES, default="squash",
                         help="non-square images: squash the whole image to 32x32 (default) or crop "
                         "the centre square first")
-    parser.add_argument("--tta", nargs="?", const="flip", metavar="MODE", help="test-time augmentation, as "
+    parser.add_argument("--tta", nargs="?", const="flip", choices=tuple(evaluate.TTA_MODES), help="test-time augmentation, as "
                         "evaluate.py --tta: flip (the default MODE) averages each image with its mirror; "
                         "flip-translate adds both moved 1 px down-right and up-left")
     parser.add_argument("--json", action="store_true", help="print one JSON document instead of text")
@@ -230,9 +232,6 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if not 1 <= args.top <= data.NUM_CLASSES:
         raise UserError(f"--top must be between 1 and {data.NUM_CLASSES}, received {args.top}")
-    if args.tta is not None:
-        import evaluate
-        evaluate.tta_views(args.tta)  # an unknown mode fails before the model loads
     if args.save_figure:
         import plots
         extension = os.path.splitext(args.save_figure)[1].lower().lstrip(".")

@@ -28,6 +28,7 @@ PRECISIONS = ("float32", "mixed", "auto")
 STRATEGIES = ("none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd")
 SCHEDULES = ("plateau", "cosine")
+CUTOUT_AUGMENTATIONS = ("crop", "fast")  # the tf.data pipelines, which apply --cutout
 
 
 def _setting(default, about, **cli):
@@ -86,7 +87,7 @@ class Settings:
                                  "pad-and-crop and flip; none", choices=AUGMENTATIONS)
     cutout: int = _setting(0, "side in pixels of one square zeroed at a random place in each training image "
                            "after crop and flip (Cutout, DeVries & Taylor 2017); 0: none; paper: none",
-                           when=("augmentation", ("crop", "fast")))
+                           when=("augmentation", CUTOUT_AUGMENTATIONS))
     augment_validation: bool = _setting(False, "augment the validation images too, as the paper did (its "
                                         "validation figures are on augmented images); default: clean")
     dropout_scale: float = _setting(1.0, "multiplies every dropout rate of the model (models.py's; the "
@@ -203,7 +204,10 @@ def check_flags_used(settings, explicit):
                             f"{settings.recipe}); it applies to runs that fine-tune")
     for field in dataclasses.fields(Settings):
         when = field.metadata.get("when")
-        if field.name in explicit and when and getattr(settings, when[0]) not in when[1]:
+        # An explicit "off" (the declared default, e.g. --cutout 0) is always accepted: it is
+        # what resolve_settings records for a setting the run does not read.
+        if (field.name in explicit and when and getattr(settings, when[0]) not in when[1]
+                and explicit[field.name] != field.default):
             flag, by = "--" + field.name.replace("_", "-"), "--" + when[0].replace("_", "-")
             raise UserError(f"{flag} is not used with {by} {getattr(settings, when[0])} (recipe "
                             f"{settings.recipe}); it applies to {by} {' or '.join(when[1])}")
@@ -300,8 +304,15 @@ def fine_tune_blocks(settings):
 
 
 def resolve_settings(model_name, settings):
-    """Fill what the defaults leave open: a random seed (then saved), no weights for scratch models."""
+    """Fill what the defaults leave open, so config.json says what the run does.
+
+    A random seed (then saved); precision auto resolved to mixed or float32 for this
+    machine; no weights for scratch models; no Cutout where the augmentation does not
+    apply it (a recipe's cutout with --augmentation idg or none).
+    """
     changes = {}
+    if settings.augmentation not in CUTOUT_AUGMENTATIONS:
+        changes["cutout"] = 0
     if settings.seed is None:
         changes["seed"] = int.from_bytes(os.urandom(4), "little") % 2**31
     if settings.precision == "auto":

@@ -21,6 +21,7 @@ import os
 import shutil
 import statistics
 import sys
+import tempfile
 
 import rundir
 from rundir import UserError
@@ -56,20 +57,34 @@ def is_record(folder):
     return isinstance(config, dict) and RECORD_KEY in config
 
 
-def save_inference_model(source, target):
-    """Write the model at `source` to `target` without its optimizer state (atomically)."""
+def check_record_has_model(folder):
+    """A UserError when `folder` is a record collected without its model (nothing to evaluate or predict with)."""
+    if is_record(folder) and not os.path.isfile(os.path.join(folder, rundir.MODEL_FILE)):
+        raise UserError(f"{folder}: a record collected without its model (results.py collect --with-model "
+                        "keeps one); it holds the figures only, so use its run folder or a record with a model")
+
+
+def save_inference_model(run_dir, target):
+    """Write the run's model.keras to `target` without its optimizer state.
+
+    A damaged model.keras is a UserError naming it (models.load_model's).
+    """
     import keras
 
-    import models  # noqa: F401 -- registers the custom layers a model.keras may hold
-    model = keras.saving.load_model(source, compile=False)  # compile=False: no optimizer to save
-    with rundir.atomic_path(target) as tmp:
-        model.save(tmp)
+    import models
+    model = models.load_model(run_dir)
+    # A model never compiled has no optimizer to save: the inference copy is the weights alone.
+    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    inference.save(target)
 
 
-def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False):
+def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overwrite=False):
     """Copy a finished, evaluated run's records into results_dir/NAME (default: the folder's name).
 
-    With `with_model`, also model.keras (an inference copy) and stats.json.
+    With `with_model`, also model.keras (an inference copy) and stats.json. The record is
+    written into a temporary folder beside its place and renamed into it when whole, so
+    an interrupted collect leaves no half record; an existing record is replaced only
+    with `overwrite`, and never by a mix of the old and new files.
     """
     rundir.check_run_dir(run_dir)
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
@@ -78,26 +93,41 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False):
                         "with train.py --resume first")
     if not os.path.isfile(os.path.join(run_dir, rundir.METRICS_FILE)):
         raise UserError(f"{run_dir}: no {rundir.METRICS_FILE}; run evaluate.py on it first")
-    if with_model and not os.path.isfile(os.path.join(run_dir, rundir.MODEL_FILE)):
-        raise UserError(f"{run_dir}: no {rundir.MODEL_FILE} to keep with --with-model")
+    for needed in (rundir.MODEL_FILE, rundir.STATS_FILE) if with_model else ():
+        if not os.path.isfile(os.path.join(run_dir, needed)):
+            raise UserError(f"{run_dir}: no {needed} to keep with --with-model")
+    metrics = rundir.read_json(os.path.join(run_dir, rundir.METRICS_FILE), "the run's test metrics")
+    if metrics.get("test_limit"):
+        raise UserError(f"{run_dir}: its {rundir.METRICS_FILE} is of the first {metrics['test_limit']} test images "
+                        "(evaluate.py --limit); run evaluate.py on it without --limit first")
     name = name or _portable(run_dir)
     target = os.path.join(results_dir, name)
-    os.makedirs(target, exist_ok=True)
-    metrics = rundir.read_json(os.path.join(run_dir, rundir.METRICS_FILE), "the run's test metrics")
+    if os.path.abspath(target) == os.path.abspath(run_dir):
+        raise UserError(f"{target}: that is the run folder itself; collect into another --results-dir")
+    if os.path.exists(target) and not overwrite:
+        raise UserError(f"{target} already holds a record; --overwrite replaces it")
     config = dict(portable_config(config), record={
         "name": name, "run_folder": _portable(run_dir), "with_model": bool(with_model),
         "collected": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     records = {rundir.CONFIG_FILE: config,
                rundir.HISTORY_FILE: rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE), "the run's history"),
                rundir.METRICS_FILE: dict(metrics, run_dir=name)}
-    if with_model:
-        save_inference_model(os.path.join(run_dir, rundir.MODEL_FILE), os.path.join(target, rundir.MODEL_FILE))
-        with rundir.atomic_path(os.path.join(target, rundir.STATS_FILE)) as tmp:
-            shutil.copyfile(os.path.join(run_dir, rundir.STATS_FILE), tmp)
-    for file_name in RECORD_FILES:  # config.json last: it marks the folder a record
-        if file_name != rundir.CONFIG_FILE:
-            rundir.write_json(os.path.join(target, file_name), records[file_name])
-    rundir.write_json(os.path.join(target, rundir.CONFIG_FILE), records[rundir.CONFIG_FILE])
+    os.makedirs(results_dir, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{name}.", dir=results_dir)
+    try:
+        if with_model:
+            save_inference_model(run_dir, os.path.join(staging, rundir.MODEL_FILE))
+            shutil.copyfile(os.path.join(run_dir, rundir.STATS_FILE), os.path.join(staging, rundir.STATS_FILE))
+        for file_name in RECORD_FILES:
+            rundir.write_json(os.path.join(staging, file_name), records[file_name])
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folders are 0700; a record is as any folder
+        if os.path.exists(target):  # --overwrite: the old record goes only once the new one is whole
+            shutil.rmtree(target)
+        os.rename(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
     return target
 
 
@@ -119,8 +149,13 @@ def command_of(config):
         default = getattr(recipe, key, None)
         if key == "recipe" or value == default or value is None:
             continue
+        if key == "precision" and default == "auto":
+            continue  # the machine resolved it: the command is the recipe's, as any user types it
         flag = "--" + key.replace("_", "-")
-        words += [flag] if value is True else [flag, str(value)]
+        if isinstance(value, bool):  # argparse's BooleanOptionalAction: --flag / --no-flag
+            words += [flag if value else "--no-" + flag[2:]]
+        else:
+            words += [flag, str(value)]
     return " ".join(words)
 
 
@@ -189,7 +224,7 @@ def table(results_dir=RESULTS_DIR):
         if ttas and all(ttas) and len(modes) == 1:
             with_tta = f"{mean_std([tta[0] for tta in ttas])} ({modes.pop()})"
         else:
-            with_tta = "-" if not any(ttas) else "mixed modes"
+            with_tta = "-" if not any(ttas) else "not every seed (or not one mode)"
         seed_words = (f"one seed ({seeds[0]})" if len(seeds) == 1
                       else f"{len(seeds)} seeds ({', '.join(str(seed) for seed in seeds)})")
         machines = sorted({config["device"] for _, config, _ in members})
@@ -267,6 +302,8 @@ def main(argv=None):
     commands = parser.add_subparsers(dest="command", required=True)
     collect_parser = commands.add_parser("collect", help="copy finished, evaluated run folders' records")
     collect_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
+    collect_parser.add_argument("--overwrite", action="store_true", help="replace a record of the same name "
+                                "(the old one stays until the new one is whole)")
     collect_parser.add_argument("--with-model", action="store_true", help="also keep model.keras (an inference "
                                 "copy without the optimizer's state) and stats.json, so the record can be "
                                 "evaluated and used for predictions without training")
@@ -278,7 +315,7 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "collect":
         for run_dir in args.run_dirs:
-            print(f"wrote {collect(run_dir, args.results_dir, with_model=args.with_model)}")
+            print(f"wrote {collect(run_dir, args.results_dir, with_model=args.with_model, overwrite=args.overwrite)}")
     elif args.command == "records":
         print(records_table(args.results_dir))
     elif args.command == "paper":

@@ -182,7 +182,11 @@ def test_an_unknown_tta_mode_is_one_line_before_any_data(trained_vgg16, tmp_path
         evaluate.main([trained_vgg16, "--data-dir", str(tmp_path / "nowhere"), "--tta", "rotate"])
     assert exit_info.value.code == 2
     err = capsys.readouterr().err
-    assert err.startswith("evaluate.py: error: unknown --tta mode 'rotate'") and len(err.strip().splitlines()) == 1
+    assert "evaluate.py: error: argument --tta: invalid choice: 'rotate'" in err and "Traceback" not in err
+    # --tta before the folder: the folder is not taken for a mode.
+    with pytest.raises(SystemExit) as exit_info:
+        evaluate.main(["--tta", trained_vgg16, "--data-dir", str(tmp_path / "nowhere")])
+    assert exit_info.value.code == 2 and f"invalid choice: '{trained_vgg16}'" in capsys.readouterr().err
 
 
 def test_a_run_still_training_is_evaluated_with_a_note(trained_vgg16, run_copy, cifar_dir, capsys):

@@ -165,3 +165,56 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
     rundir.write_json(str(out / "vgg16_paper_full" / rundir.METRICS_FILE), dict(metrics, test_accuracy=0.7240))
     assert results.main(["--results-dir", str(out), "paper"]) == 0
     assert "short by 17.6 points" in capsys.readouterr().out.splitlines()[3]
+
+
+def test_collect_never_mixes_replaces_or_half_writes_a_record(evaluated_run, run_copy, tmp_path, capsys):
+    out = tmp_path / "results"
+
+    def refused(argv, message):
+        with pytest.raises(SystemExit) as raised:
+            results.main(["--results-dir", str(out), "collect", *argv])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and message in err and err.count("\n") == 1, err
+
+    assert results.main(["--results-dir", str(out), "collect", "--with-model", evaluated_run]) == 0
+    record = out / "alexnet_short"
+    refused([evaluated_run], f"{record} already holds a record; --overwrite replaces it")
+    assert rundir.MODEL_FILE in os.listdir(record)
+    # --overwrite without --with-model: the old model goes with the old record, no mix is left.
+    assert results.main(["--results-dir", str(out), "collect", "--overwrite", evaluated_run]) == 0
+    assert sorted(os.listdir(record)) == sorted(results.RECORD_FILES)
+    assert json.load(open(record / rundir.CONFIG_FILE))["record"]["with_model"] is False
+
+    damaged = run_copy(evaluated_run, "damaged")
+    with open(os.path.join(damaged, rundir.MODEL_FILE), "wb") as handle:
+        handle.write(b"not a keras archive")
+    refused(["--with-model", damaged], "cannot be loaded")
+    assert sorted(os.listdir(out)) == ["alexnet_short"]  # no half record, no staging folder left
+
+    limited = run_copy(evaluated_run, "limited")
+    metrics = json.load(open(os.path.join(limited, rundir.METRICS_FILE)))
+    rundir.write_json(os.path.join(limited, rundir.METRICS_FILE), dict(metrics, test_limit=100))
+    refused([limited], "of the first 100 test images (evaluate.py --limit)")
+
+    with pytest.raises(SystemExit):
+        results.main(["--results-dir", os.path.dirname(evaluated_run), "collect", evaluated_run])
+    assert "that is the run folder itself" in capsys.readouterr().err
+
+
+def test_a_record_without_its_model_is_told_as_such(evaluated_run, tmp_path, capsys):
+    import predict_image
+    record = results.collect(evaluated_run, str(tmp_path / "results"))
+    for main, argv in ((evaluate.main, [record]), (predict_image.main, [record, "photo.jpg"])):
+        with pytest.raises(SystemExit) as raised:
+            main(argv)
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and "a record collected without its model" in err and err.count("\n") == 1
+
+
+def test_the_command_of_a_record_is_one_a_user_can_type():
+    config = {"model": "vgg16", "settings": {"recipe": "regularized", "precision": "mixed", "seed": 0,
+                                             "epochs": 10, "cache_features": False, "augment_validation": True}}
+    # precision: the recipe's auto, resolved by the machine, is not a flag to type.
+    assert results.command_of(config) == "python train.py vgg16 --recipe regularized --seed 0 --epochs 10 --augment-validation"
+    transfer = {"model": "vgg16_pretrained", "settings": {"recipe": "transfer", "cache_features": False}}
+    assert results.command_of(transfer) == "python train.py vgg16_pretrained --recipe transfer --no-cache-features"

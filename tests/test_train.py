@@ -315,13 +315,18 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, cifar_dir, tmp_p
     assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],
                   f"recipe differs (saved '{recipe}', given 'paper')")
-    assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
+    saved_precision = read(killed, rundir.CONFIG_FILE)["settings"]["precision"]
+    # Resumed on a machine of the other kind: the precision the run started with is kept.
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(rundir, "cpu_description", lambda: ("another CPU", saved_precision == "float32"))
+        assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
     assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES[recipe]["learning_rate"]  # past the warm-up, not back at 0
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
     assert read(killed, rundir.CONFIG_FILE)["settings"] == config["settings"]  # precision included, as resolved
+    assert read(killed, rundir.CONFIG_FILE)["settings"]["precision"] == saved_precision
 
 
 def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path, capsys):

@@ -147,7 +147,7 @@ def test_flags_of_the_pretrained_model_are_refused_elsewhere(cifar_dir, capsys, 
 
 
 def test_a_fresh_interpreter_loads_a_model_with_imagenet_preprocessing(weights_file, tmp_path):
-    """model.keras holds the registered layer: rundir.load_model, as every script loads it, registers it."""
+    """model.keras holds the registered layer: models.load_model, as every script loads it, registers it."""
     run_dir = tmp_path / "run"
     run_dir.mkdir()
     model = models.build_model("vgg16_pretrained", weights=weights_file, image_size=SIZE, preprocessing="imagenet")

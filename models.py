@@ -184,6 +184,47 @@ def build_vgg16_pretrained(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, wei
     return keras.Model(inputs, _classifier(x, num_classes), name="vgg16_pretrained")
 
 
+CLASSIFIER = "predictions"  # every builder's last layer: the softmax classifier
+
+
+def _classifier_scaled(base):
+    """`base` (a Keras optimizer class) with the classifier's learning rate multiplied by
+    classifier_lr_scale, registered so that a model.keras compiled with it loads again."""
+
+    @keras.saving.register_keras_serializable(package="cifar10", name=f"ClassifierScaled{base.__name__}")
+    class ClassifierScaled(base):
+        def __init__(self, *args, classifier_lr_scale=1.0, **kwargs):
+            super().__init__(*args, **kwargs)
+            self.classifier_lr_scale = classifier_lr_scale
+
+        def build(self, variables):
+            super().build(variables)
+            # Keras variables (with their layer's path) here; update_step gets the backend's,
+            # which _var_key maps to the same keys.
+            self._classifier_keys = {self._var_key(variable) for variable in variables
+                                     if variable.path.startswith(f"{CLASSIFIER}/")}
+
+        def update_step(self, gradient, variable, learning_rate):
+            if self._var_key(variable) in self._classifier_keys:
+                learning_rate = learning_rate * self.classifier_lr_scale
+            return super().update_step(gradient, variable, learning_rate)
+
+        def get_config(self):
+            return {**super().get_config(), "classifier_lr_scale": self.classifier_lr_scale}
+
+    ClassifierScaled.__name__ = ClassifierScaled.__qualname__ = f"ClassifierScaled{base.__name__}"
+    return ClassifierScaled
+
+
+# The classifier reads 1,024 standardized features (vgg16's Flatten after BatchNorm): plain
+# SGD moves its logits ~1,024 times as fast as one weight, and the logits blow up in the
+# first steps (results/pilots/probe5.txt). Page's ResNet-9 and airbench scale the logits by
+# 1/8 instead; a scale s on the logits is, for SGD, the classifier's learning rate times
+# s**2 with the same function class, so the network keeps its layers and parameters.
+CLASSIFIER_SCALED_OPTIMIZERS = {"sgd": _classifier_scaled(keras.optimizers.SGD),
+                                "adam": _classifier_scaled(keras.optimizers.Adam)}
+
+
 HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first 8 bytes of every HDF5 file
 
 

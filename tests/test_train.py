@@ -253,6 +253,7 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
      "--augmentation crop or fast"),
     (["vgg16", "--recipe", "regularized", "--cutout", "33"], "cutout must be a square's side in pixels, 0 to 32"),
     (["vgg16", "--precision", "double"], "argument --precision: invalid choice: 'double'"),
+    (["vgg16", "--classifier-lr-scale", "0"], "classifier lr scale must be > 0, received 0.0"),
     (["vgg16", "--recipe", "fast", "--lr-patience", "3"],
      "--lr-patience is not used with --schedule cosine (recipe fast); it applies to --schedule plateau"),
     (["vgg16", "--warmup-fraction", "0.1"], "--warmup-fraction is not used with --schedule plateau"),
@@ -397,3 +398,27 @@ def test_weight_decay_shrinks_kernels_only():
     for variable in model.trainable_variables:
         expected = before[variable.path] * (factor if variable.name == "kernel" else 1)
         np.testing.assert_allclose(np.array(variable), expected, rtol=1e-6, err_msg=variable.path)
+
+
+@pytest.mark.parametrize("optimizer", ["sgd", "adam"])
+def test_classifier_lr_scale_slows_the_classifier_alone_and_survives_a_save(optimizer, tmp_path):
+    def one_step(scale):
+        settings = dataclasses.replace(recipes.recipe_settings("fast"), optimizer=optimizer, learning_rate=0.1,
+                                       classifier_lr_scale=scale, warmup_fraction=0.0, weight_decay=0.0)
+        keras.utils.set_random_seed(0)
+        model = models.build_model("alexnet")
+        recipes.compile_model(model, settings, steps_per_epoch=10)
+        before = {variable.path: variable.numpy().copy() for variable in model.trainable_variables}
+        x = np.random.default_rng(0).normal(size=(16, 32, 32, 3)).astype("float32")
+        model.train_on_batch(x, keras.utils.to_categorical(np.arange(16) % 10, 10))
+        return model, {variable.path: variable.numpy() - before[variable.path] for variable in model.trainable_variables}
+    _, plain = one_step(1.0)
+    model, scaled = one_step(1 / 64)
+    # The first step from the same weights and batch: the classifier's is 1/64 of plain's, the rest equal
+    # (to float32's resolution of a weight near 0.05, 4e-9: the steps are read as differences of weights).
+    np.testing.assert_allclose(scaled["predictions/kernel"], plain["predictions/kernel"] / 64, rtol=1e-3, atol=1e-8)
+    np.testing.assert_allclose(scaled["fc2/kernel"], plain["fc2/kernel"], rtol=1e-5, atol=1e-8)
+    assert np.abs(plain["predictions/kernel"]).max() > 0
+    model.save(tmp_path / rundir.MODEL_FILE)  # a run folder's model.keras holds the optimizer
+    loaded = models.load_model(str(tmp_path))
+    assert loaded.optimizer.classifier_lr_scale == pytest.approx(1 / 64)

@@ -287,12 +287,13 @@ def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
     assert rates[40] == pytest.approx(0.001)
 
 
-@pytest.mark.parametrize("recipe", ["fast", "regularized"])  # regularized: Cutout and precision auto too
-def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, cifar_dir, tmp_path, capsys):
-    """A 2-epoch --recipe fast (or regularized) run killed after epoch 1 and resumed has, epoch by epoch, the
+# nesterov: its classifier-scaled SGD (momentum slots), precision auto, and Cutout, all across a kill.
+@pytest.mark.parametrize("recipe, options", [("fast", []), ("nesterov", ["--cutout", "4"])])
+def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
+    """A 2-epoch --recipe fast (or nesterov) run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
     argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
-            "--batch-size", "32", "--seed", "3"]
+            "--batch-size", "32", "--seed", "3", *options]
     whole = str(tmp_path / "whole")
     assert train.main([*argv, "--run-dir", whole]) == 0
     expected = read(whole, rundir.HISTORY_FILE)

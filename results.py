@@ -74,7 +74,8 @@ def save_inference_model(run_dir, target):
     import models
     model = models.load_model(run_dir)
     # A model never compiled has no optimizer to save: the inference copy is the weights alone.
-    inference = keras.Model(model.inputs, model.outputs, name=model.name)
+    # model.input, not model.inputs: a list would make the copy expect a list of arrays.
+    inference = keras.Model(model.input, model.output, name=model.name)
     inference.save(target)
 
 

@@ -10,8 +10,8 @@ after an untimed warm-up; accuracy, loss (categorical cross-entropy), top-5 accu
 per-class accuracy and the confusion matrix are all computed from those predictions,
 and written with the timing to `metrics.json` in the run folder (Gomez Cruz 2025,
 section 4, Table 2); for a record kept by results.py collect --with-model, to
-runs/evaluated/NAME/metrics.json instead, the record left as collected. With --tta, more passes predict other views of every image (its
-mirror; with flip-translate also 1-pixel moves, the augmentations the fast recipes
+runs/evaluated/NAME/metrics.json instead, the record left as collected. With --tta,
+more passes predict other views of every image (its mirror; with flip-translate also 1-pixel moves, the augmentations the fast recipes
 trained on) and the probability vectors are averaged with TTA_MODES' weights;
 `test_accuracy_tta`, `test_loss_tta`, `tta_mode` and `tta_views` join the plain figures.
 """
@@ -120,7 +120,7 @@ TTA_MODES = {
 
 
 def tta_views(mode):
-    """The views of a TTA mode, as words for metrics.json: ["image", "mirror", "down-right 1 px", ...]."""
+    """The views of a TTA mode, as words for metrics.json: ["image (weight 0.5)", "mirror (weight 0.5)"] for flip."""
     if mode not in TTA_MODES:
         raise UserError(f"unknown --tta mode '{mode}'; choose one of {', '.join(TTA_MODES)}")
     names = []

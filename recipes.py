@@ -97,6 +97,10 @@ class Settings:
                                     "paper gives none); 0 turns dropout off")
     bn_momentum: float = _setting(0.99, "BatchNormalization's moving-average momentum; Keras' default, "
                                   "which the paper kept")
+    init: str = _setting("keras", "the convolutions' initial kernels: keras: Glorot uniform, Keras' default "
+                         "(paper); whiten: the first convolution whitens the training images' patches; "
+                         "dirac: each later convolution starts as the identity on its first in-channels "
+                         "filters; whiten-dirac: both (airbench)", choices=models.INITS)
     weights: str = _setting("imagenet", "vgg16_pretrained's base: imagenet, none (random) or PATH to "
                             "Keras' VGG16 notop .h5; paper: imagenet")
     image_size: int = _setting(models.PRETRAINED_IMAGE_SIZE, "vgg16_pretrained: the side images are resized to "
@@ -260,7 +264,8 @@ def check_settings(model_name, settings):
                                  ("precision", s.precision, PRECISIONS),
                                  ("distribute", s.distribute, STRATEGIES),
                                  ("optimizer", s.optimizer, OPTIMIZERS),
-                                 ("schedule", s.schedule, SCHEDULES)):
+                                 ("schedule", s.schedule, SCHEDULES),
+                                 ("init", s.init, models.INITS)):
         if value not in choices:
             raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
     for name, value in (("momentum", s.momentum), ("label smoothing", s.label_smoothing),
@@ -278,6 +283,9 @@ def check_settings(model_name, settings):
     if highest >= 1:
         raise UserError(f"dropout scale {s.dropout_scale!r} makes a dropout rate of {highest:g}; "
                         f"rates must stay below 1")
+    if s.init != "keras" and model_name == "vgg16_pretrained":
+        raise UserError(f"--init {s.init} applies to the models trained from scratch (vgg16, alexnet), "
+                        "not vgg16_pretrained")
     if s.schedule == "cosine" and s.min_lr > s.learning_rate:
         raise UserError(f"min lr {s.min_lr!r} is above the learning rate {s.learning_rate!r}; the cosine "
                         "schedule decays from the learning rate down to min lr")

@@ -261,6 +261,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
         stats = data.compute_stats(x_train)
         if previous is not None:
             check_same_data(run_dir, stats)
+        if not state and settings.init != "keras":  # a resumed run's kernels come from its checkpoint
+            models.initialize(model, settings.init, data.standardize(x_train[:models.WHITENING_IMAGES], stats))
         if model_name == "vgg16_pretrained" and settings.preprocessing == "imagenet":
             stats["input"] = data.PIXEL_INPUT  # the model takes 0-255 pixels: every script feeds it those
         steps_per_epoch = math.ceil(len(x_train) / settings.batch_size)

@@ -147,3 +147,45 @@ def test_command_rejects_an_unknown_name():
     assert result.returncode == 2
     assert "Traceback" not in result.stderr
     assert "models.py: error: unknown model 'vgg61'" in result.stderr
+
+
+def test_the_whitening_kernel_whitens_the_patches_a_conv_layer_sees():
+    # Correlated channels, as real pixels are; the kernel's layout is checked through Keras' own
+    # convolution, not through the patch extraction that computed it.
+    x = np.random.default_rng(0).normal(size=(40, 12, 12, 3)).astype("float32")
+    x[..., 1] = 0.8 * x[..., 0] + 0.2 * x[..., 1]
+    kernel = models.patch_whitening_kernel(x, (3, 3, 3, 32))
+    conv = keras.layers.Conv2D(32, 3)
+    conv.build(x.shape)
+    conv.set_weights([kernel, np.zeros(32, "float32")])
+    out = keras.ops.convert_to_numpy(conv(x)).reshape(-1, 32)
+    # The 16 directions of most variance come out uncorrelated, of unit variance (less the
+    # epsilon's share), and the other 16 filters are their negatives.
+    np.testing.assert_allclose(np.cov(out[:, :16], rowvar=False), np.eye(16), atol=2e-3)
+    np.testing.assert_allclose(out[:, 16:], -out[:, :16], atol=1e-5)
+
+
+def test_a_dirac_kernel_passes_its_input_through_on_the_first_filters():
+    x = np.random.default_rng(1).normal(size=(2, 8, 8, 4)).astype("float32")
+    conv = keras.layers.Conv2D(6, 3, padding="same", use_bias=False)
+    conv.build(x.shape)
+    random = keras.ops.convert_to_numpy(conv.kernel)
+    conv.set_weights([models.dirac_kernel(random)])
+    out = keras.ops.convert_to_numpy(conv(x))
+    np.testing.assert_allclose(out[..., :4], x, atol=1e-6)
+    np.testing.assert_array_equal(conv.get_weights()[0][..., 4:], random[..., 4:])  # the rest kept
+
+
+def test_initialize_changes_the_named_convolutions_only():
+    images = np.random.default_rng(2).normal(size=(20, 32, 32, 3)).astype("float32")
+    model = models.build_model("vgg16")
+    before = [weight.copy() for weight in model.get_weights()]
+    assert models.initialize(model, "keras", images) == []
+    assert all(np.array_equal(a, b) for a, b in zip(before, model.get_weights()))
+    changed = models.initialize(model, "whiten-dirac", images)
+    assert changed == [f"block{block}_conv{conv}" for block in range(1, 5) for conv in (1, 2)]
+    assert models.count_parameters(model)[0] == 1_186_346
+    assert not model.get_layer("block1_conv1").get_weights()[1].any()  # bias 0
+    np.testing.assert_array_equal(model.get_layer("predictions").get_weights()[0], before[-2])
+    alexnet = models.build_model("alexnet")
+    assert models.initialize(alexnet, "whiten", images) == ["conv1"]  # 11x11 stride-4 patches

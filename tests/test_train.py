@@ -262,6 +262,9 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     (["vgg16", "--recipe", "fast", "--dropout-scale", "2"], "makes a dropout rate of 1"),
     (["vgg16", "--recipe", "fast", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.004"),
     (["vgg16", "--recipe", "fast", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe fast)"),
+    (["vgg16", "--init", "orthogonal"], "argument --init: invalid choice: 'orthogonal'"),
+    (["vgg16_pretrained", "--weights", "none", "--init", "whiten"],
+     "--init whiten applies to the models trained from scratch (vgg16, alexnet), not vgg16_pretrained"),
 ])
 def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_dir, capsys):
     expect_exit_2(capsys, argv + ["--data-dir", cifar_dir, "--run-dir", str(tmp_path / "run")], message)
@@ -288,7 +291,7 @@ def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
 
 
 # nesterov: its classifier-scaled SGD (momentum slots), precision auto, and Cutout, all across a kill.
-@pytest.mark.parametrize("recipe, options", [("fast", []), ("nesterov", ["--cutout", "4"])])
+@pytest.mark.parametrize("recipe, options", [("fast", []), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac"])])
 def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
     """A 2-epoch --recipe fast (or nesterov) run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
@@ -329,6 +332,21 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
     assert read(killed, rundir.CONFIG_FILE)["settings"] == config["settings"]  # precision included, as resolved
     assert read(killed, rundir.CONFIG_FILE)["settings"]["precision"] == saved_precision
+
+
+def test_init_reinitializes_a_new_run_from_its_standardized_training_images(cifar_dir, tmp_path, monkeypatch):
+    calls, initialize = [], models.initialize
+    def spy(model, init, images):
+        calls.append((init, images.shape, float(images.mean()), float(images.std())))
+        return initialize(model, init, images)
+    monkeypatch.setattr(models, "initialize", spy)
+    run_dir = str(tmp_path / "run")
+    assert train.main(["vgg16", "--recipe", "nesterov", "--init", "whiten", "--epochs", "1", "--data-dir",
+                       cifar_dir, "--run-dir", run_dir, *SMALL]) == 0
+    [(init, shape, mean, std)] = calls
+    assert init == "whiten" and shape == (64, 32, 32, 3)  # --limit 64: every training image there is
+    assert abs(mean) < 1e-3 and std == pytest.approx(1, abs=1e-3)  # what the network is fed
+    assert read(run_dir, rundir.CONFIG_FILE)["settings"]["init"] == "whiten"
 
 
 def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path, capsys):

@@ -43,6 +43,8 @@ def main(argv=None):
         models.set_precision(settings.precision)
         keras.utils.set_random_seed(0)
         model = models.build_model("vgg16", dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
+        if settings.init != "keras":  # as train.py does for a new run
+            models.initialize(model, settings.init, data.standardize(x_train[:models.WHITENING_IMAGES], stats))
         recipes.compile_model(model, settings, math.ceil(len(x_train) / settings.batch_size))
         inputs = train.make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, 0, 0)
         history = model.fit(**inputs, epochs=args.epochs, verbose=0).history

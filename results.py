@@ -202,9 +202,17 @@ def mean_std(values):
     return f"{100 * statistics.mean(values):.2f} ± {100 * statistics.stdev(values):.2f} %"
 
 
+PRECISION_WORDS = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}  # config's policy
+
+
 def table(results_dir=RESULTS_DIR):
     """The results as Markdown, one row per configuration: the records that differ only in
-    their seed are one row, with the mean and sample standard deviation over the seeds."""
+    their seed are one row, with the mean and sample standard deviation over the seeds.
+
+    A configuration is the command without its seed, on one machine in one precision: the
+    same command run on another CPU, or resolved by --precision auto to another precision,
+    is another row (its time is not comparable, and one seed twice is not two seeds).
+    """
     groups = {}
     for folder in _record_folders(results_dir):
         config, history, metrics = read_record(os.path.join(results_dir, folder))
@@ -212,10 +220,11 @@ def table(results_dir=RESULTS_DIR):
         if "--seed" in words:  # the configuration is the command without its seed
             at = words.index("--seed")
             del words[at:at + 2]
-        groups.setdefault(" ".join(words), []).append((folder, config, metrics))
+        key = (" ".join(words), config["device"], config.get("policy", "float32"))
+        groups.setdefault(key, []).append((folder, config, metrics))
     lines = ["| command | records | seeds | epochs | training time | test accuracy | with TTA | machine |",
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for command, members in groups.items():
+    for (command, device, policy), members in groups.items():
         seeds = [config["settings"].get("seed") for _, config, _ in members]
         epochs = sorted({config["epochs_completed"] for _, config, _ in members})
         minutes = [config["train_seconds"] / 60 for _, config, _ in members]
@@ -228,11 +237,10 @@ def table(results_dir=RESULTS_DIR):
             with_tta = "-" if not any(ttas) else "not every seed (or not one mode)"
         seed_words = (f"one seed ({seeds[0]})" if len(seeds) == 1
                       else f"{len(seeds)} seeds ({', '.join(str(seed) for seed in seeds)})")
-        machines = sorted({config["device"] for _, config, _ in members})
         lines.append(
             f"| `{command}` | {', '.join(f'`{folder}`' for folder, _, _ in members)} | {seed_words} "
             f"| {'/'.join(str(count) for count in epochs)} | {statistics.mean(minutes):.1f} min "
-            f"| {mean_std(tests)} | {with_tta} | {'; '.join(machines)} |")
+            f"| {mean_std(tests)} | {with_tta} | {device}, {PRECISION_WORDS.get(policy, policy)} |")
     return "\n".join(lines)
 
 

@@ -81,6 +81,18 @@ def test_table_gives_mean_and_std_over_records_that_differ_only_in_seed(evaluate
     # mean 91.00, sample standard deviation of (90, 92, 91) = 1.00
     assert "3 seeds (97, 98, 99)" in row and "91.00 ± 1.00 %" in row and "92.00 ± 1.00 % (flip-translate)" in row
 
+    # The same command on another CPU, or in another precision, is another row, not another seed.
+    for name, change in (("d", {"device": "CPU (another, 2 cores, AVX2)"}), ("e", {"policy": "mixed_bfloat16"})):
+        shutil.copytree(out / "a", out / name)
+        config = json.load(open(out / name / rundir.CONFIG_FILE))
+        config.update(change)
+        rundir.write_json(str(out / name / rundir.CONFIG_FILE), config)
+    assert results.main(["--results-dir", str(out), "table"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 5 and "3 seeds (97, 98, 99)" in lines[2]
+    assert [line for line in lines if "`d`" in line][0].endswith("| CPU (another, 2 cores, AVX2), float32 |")
+    assert [line for line in lines if "`e`" in line][0].endswith("bfloat16 |") and "one seed (97)" in lines[4]
+
 
 def test_collect_with_model_keeps_an_inference_copy_that_scripts_use(evaluated_run, tmp_path, capsys, cifar_dir,
                                                                      monkeypatch):

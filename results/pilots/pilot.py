@@ -1,4 +1,4 @@
-"""Pilot runs: vgg16 on the first N images of the report's split, once per spec of recipe overrides.
+"""Pilot runs: vgg16 or alexnet (--model) on the first N images of the report's split, once per spec of recipe overrides.
 
     python results/pilots/pilot.py --data-dir DIR --images 45000 --epochs 3 learning_rate=0.05 optimizer=adam,learning_rate=0.002
     python results/pilots/pilot.py --data-dir DIR --recipe regularized --images 45000 --epochs 3 cutout=0
@@ -20,6 +20,7 @@ def main(argv=None):
     parser.add_argument("--repo", default=os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
                         help="the repository's folder (default: the one holding this file)")
     parser.add_argument("--data-dir", required=True, help="an official CIFAR-10 layout (see data.py)")
+    parser.add_argument("--model", default="vgg16", choices=("vgg16", "alexnet"), help="the network (default: vgg16)")
     parser.add_argument("--recipe", default="fast", help="the recipe the specs override (default: fast)")
     parser.add_argument("--images", type=int, required=True, help="training images (the first N of the split)")
     parser.add_argument("--epochs", type=int, required=True)
@@ -39,10 +40,10 @@ def main(argv=None):
         for key, value in (item.split("=") for item in spec.split(",") if item):
             changes[key] = fields[key].type(value) if fields[key].type is not bool else value == "1"
         settings = dataclasses.replace(recipes.recipe_settings(args.recipe), epochs=args.epochs, seed=0, **changes)
-        settings = recipes.resolve_settings("vgg16", settings)
+        settings = recipes.resolve_settings(args.model, settings)
         models.set_precision(settings.precision)
         keras.utils.set_random_seed(0)
-        model = models.build_model("vgg16", dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
+        model = models.build_model(args.model, dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
         if settings.init != "keras":  # as train.py does for a new run
             models.initialize(model, settings.init, data.standardize(x_train[:models.WHITENING_IMAGES], stats))
         recipes.compile_model(model, settings, math.ceil(len(x_train) / settings.batch_size))

@@ -344,7 +344,7 @@ def patch_whitening_kernel(images, kernel_shape, strides=1, epsilon=WHITENING_EP
 
 def dirac_kernel(kernel):
     """`kernel` (kh, kw, in, out), out >= in, with its first `in` filters the identity (airbench)."""
-    height, width, channels, filters = kernel.shape
+    height, width, channels, _ = kernel.shape
     kernel = np.array(kernel, np.float32)
     kernel[..., :channels] = 0.0
     kernel[height // 2, width // 2, np.arange(channels), np.arange(channels)] = 1.0

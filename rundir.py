@@ -234,12 +234,7 @@ def cpu_vector_extension():
     than the model name, sets a CPU's training speed: a 2-core AMD EPYC with AVX2 only took
     5.7 min a float32 vgg16 epoch where one with AVX-512 BF16 took 1.1-1.4 (docs/performance.md).
     """
-    try:
-        with open("/proc/cpuinfo") as handle:
-            flags = next((set(line.partition(":")[2].split()) for line in handle
-                          if line.partition(":")[0].strip() == "flags"), set())
-    except OSError:  # not Linux
-        return None
+    flags = _cpuinfo()[1] or set()
     for flag, name in (("amx_bf16", "AMX"), ("avx512_bf16", "AVX-512 BF16"), ("avx512f", "AVX-512"),
                        ("avx2", "AVX2")):
         if flag in flags:
@@ -247,11 +242,8 @@ def cpu_vector_extension():
     return None
 
 
-def cpu_description():
-    """(CPU model name, whether it has AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo on Linux.
-
-    The second value is None where /proc/cpuinfo does not exist (macOS, Windows): unknown.
-    """
+def _cpuinfo():
+    """(model name, set of flags) from /proc/cpuinfo; flags None where it does not exist (not Linux)."""
     model, flags = platform.processor() or platform.machine(), None
     try:
         with open("/proc/cpuinfo") as handle:
@@ -263,4 +255,13 @@ def cpu_description():
                     flags = set(value.split())
     except OSError:  # not Linux
         pass
+    return model, flags
+
+
+def cpu_description():
+    """(CPU model name, whether it has AVX-512 BF16 or AMX-BF16), from /proc/cpuinfo on Linux.
+
+    The second value is None where /proc/cpuinfo does not exist (macOS, Windows): unknown.
+    """
+    model, flags = _cpuinfo()
     return model, None if flags is None else bool(flags & {"avx512_bf16", "amx_bf16"})

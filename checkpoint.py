@@ -29,6 +29,7 @@ import data
 PROG = "train.py"  # the command whose run folders these are: its messages carry its name
 CHECKPOINT_DIR = "checkpoint"  # inside the run folder; removed when the run completes
 STATE_FILE = "state.json"  # inside CHECKPOINT_DIR: the commit record of the last completed epoch
+AVERAGE_SUFFIX = ".average.npz"  # inside CHECKPOINT_DIR, beside its epoch: the weights' average (--ema-momentum)
 TENSORBOARD_DIR = "tensorboard"
 # What --overwrite deletes: the files our scripts write into a run folder, nothing else.
 RUN_FILES = (rundir.MODEL_FILE, rundir.STATS_FILE, rundir.CONFIG_FILE, rundir.HISTORY_FILE,
@@ -110,9 +111,10 @@ def read_checkpoint(run_dir):
     if not os.path.isfile(path):
         return None
     state = rundir.read_json(path, "the resume state")
-    model_path = os.path.join(run_dir, CHECKPOINT_DIR, state.get("checkpoint", ""))
-    if not os.path.isfile(model_path):
-        raise UserError(f"{model_path}: missing (named by {path}); the checkpoint cannot be resumed")
+    for named in (state.get("checkpoint", ""), state.get("average")):
+        if named is not None and not os.path.isfile(os.path.join(run_dir, CHECKPOINT_DIR, named)):
+            raise UserError(f"{os.path.join(run_dir, CHECKPOINT_DIR, named)}: missing (named by {path}); "
+                            "the checkpoint cannot be resumed")
     return state
 
 
@@ -127,17 +129,19 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
     with the saved counters.
 
     Per epoch, in this order: checkpoint/epoch_NNNN.keras (model + optimizer state, so a
-    per-step schedule resumes at its step); checkpoint/state.json, the commit (counters,
+    per-step schedule resumes at its step) and, with --ema-momentum, the weights' average
+    beside it (epoch_NNNN.average.npz); checkpoint/state.json, the commit (counters,
     history, seconds); model.keras if this epoch is the best by val_loss (plateau) or
-    every epoch (cosine: the last is the model); history.json; then the previous epoch's
-    checkpoint is deleted. Every write is atomic, so a kill at any point leaves the last
+    every epoch (cosine: the last is the model; with an average, the average); history.json;
+    then the previous epoch's checkpoint is deleted. Every write is atomic, so a kill at any point leaves the last
     committed epoch whole. After the first epoch of a session it logs the pace and what
     the run's remaining epochs will take.
     """
 
     def __init__(self, write_dir, watchers, history, total_epochs, state=None, best_weights=None,
-                 seconds_before=0.0, log=print, phase=1, frozen_state=None):
+                 seconds_before=0.0, log=print, phase=1, frozen_state=None, average=None):
         super().__init__()
+        self.average = average  # an averaging.WeightAverage: saved beside each checkpoint, and model.keras
         self.saved_model = None  # what is saved, when not the model being fit (a cached run's head)
         self.phase = phase  # recorded in history.json and state.json
         self.frozen_state = frozen_state or {}  # phase 1's counters, kept in phase 2's commits
@@ -193,9 +197,15 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
         name = f"epoch_{epoch + 1:04d}.keras"
         model = self.saved_model or self.model
         rundir.save_model(model, os.path.join(folder, name))
+        average = None
+        if self.average is not None:  # the trained weights are in the checkpoint; their average beside them
+            average = f"epoch_{epoch + 1:04d}{AVERAGE_SUFFIX}"
+            with rundir.atomic_path(os.path.join(folder, average)) as tmp:
+                self.average.save(tmp)
         state = {
             "epoch": epoch + 1,  # completed epochs; fit resumes with initial_epoch = this
             "checkpoint": name,
+            **({"average": average} if average else {}),
             "phase": self.phase,
             **self.frozen_state,
             **watcher_counters(self.watchers),
@@ -205,10 +215,14 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
         }
         rundir.write_json(os.path.join(folder, STATE_FILE), state)
         if self.is_best(epoch):
-            rundir.save_model(model, os.path.join(self.write_dir, rundir.MODEL_FILE))
+            if self.average is not None:  # the model is the average, as validation saw it
+                with self.average.swapped():
+                    rundir.save_model(model, os.path.join(self.write_dir, rundir.MODEL_FILE))
+            else:
+                rundir.save_model(model, os.path.join(self.write_dir, rundir.MODEL_FILE))
         rundir.write_json(os.path.join(self.write_dir, rundir.HISTORY_FILE), self.history)
         for entry in os.listdir(folder):
-            if entry.startswith("epoch_") and entry != name:
+            if entry.startswith("epoch_") and entry not in (name, average):
                 os.remove(os.path.join(folder, entry))
 
 
@@ -293,15 +307,28 @@ def watcher_counters(watchers):
             for key, callback in watchers.items()}
 
 
-def restore(model, run_dir, write_dir, state, strategy):
-    """Load the last committed epoch (weights + optimizer) into `model`; return the best weights."""
+def restore(model, run_dir, write_dir, state, strategy, average=None):
+    """Load the last committed epoch (weights + optimizer) into `model`; return the best weights.
+
+    With `average` (an averaging.WeightAverage), the average committed beside the
+    checkpoint is loaded into it, and model.keras is written from it.
+    """
     checkpoint = os.path.join(run_dir, CHECKPOINT_DIR, state["checkpoint"])
     best = os.path.join(run_dir, rundir.MODEL_FILE)
     with strategy.scope():
         model.optimizer.build(model.trainable_variables)  # its slots must exist to receive the state
         if "early_stopping" not in state or state.get("phase") == 2:  # model.keras is the last epoch
             model.load_weights(checkpoint)
-            rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
+            if average is None:
+                rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
+                return None
+            if "average" not in state:
+                raise UserError(f"{os.path.join(run_dir, CHECKPOINT_DIR, STATE_FILE)}: names no weight average; "
+                                "the run cannot be resumed with --ema-momentum")
+            average.set_model(model)
+            average.load(os.path.join(run_dir, CHECKPOINT_DIR, state["average"]))
+            with average.swapped():  # a kill may have come before model.keras was rewritten
+                rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
             return None
         if state["early_stopping"]["best_epoch"] == state["epoch"] - 1:
             # The last committed epoch is the best one; a kill may have come before model.keras was

@@ -97,6 +97,14 @@ class Settings:
                                     "paper gives none); 0 turns dropout off")
     bn_momentum: float = _setting(0.99, "BatchNormalization's moving-average momentum; Keras' default, "
                                   "which the paper kept")
+    ema_momentum: float = _setting(0.0, "an exponential moving average of the weights (BatchNorm's statistics "
+                                   "too), validated and saved as model.keras: every --ema-every steps, "
+                                   "average = m * average + (1 - m) * weights, m warming up as "
+                                   "min(this, (1 + n) / (10 + n)) at the n-th update "
+                                   "(tf.train.ExponentialMovingAverage's); 0: none; paper: none",
+                                   when=("schedule", ("cosine",)))
+    ema_every: int = _setting(5, "steps between two updates of the weights' average (--ema-momentum)",
+                              when=("schedule", ("cosine",)))
     init: str = _setting("keras", "the convolutions' initial kernels: keras: Glorot uniform, Keras' default "
                          "(paper); whiten: the first convolution whitens the training images' patches; "
                          "dirac: each later convolution starts as the identity on its first in-channels "
@@ -217,6 +225,9 @@ def recipe_settings(recipe):
 
 def check_flags_used(settings, explicit):
     """UserError for a flag given explicitly that the resolved settings never read."""
+    if "ema_every" in explicit and not settings.ema_momentum:
+        raise UserError(f"--ema-every is not used with --ema-momentum 0 (recipe {settings.recipe}); it applies "
+                        "to runs that average their weights")
     for name in ("fine_tune_blocks", "fine_tune_learning_rate"):
         if name in explicit and not settings.fine_tune_epochs:
             raise UserError(f"--{name.replace('_', '-')} is not used with --fine-tune-epochs 0 (recipe "
@@ -283,6 +294,15 @@ def check_settings(model_name, settings):
     if highest >= 1:
         raise UserError(f"dropout scale {s.dropout_scale!r} makes a dropout rate of {highest:g}; "
                         f"rates must stay below 1")
+    if not (math.isfinite(s.ema_momentum) and 0 <= s.ema_momentum < 1):
+        raise UserError(f"ema momentum must lie in [0, 1), received {s.ema_momentum!r}")
+    if not isinstance(s.ema_every, int) or s.ema_every < 1:
+        raise UserError(f"ema every must be an integer >= 1, received {s.ema_every!r}")
+    if s.ema_momentum and s.schedule != "cosine":
+        # EarlyStopping's best weights and ReduceLROnPlateau would watch the trained weights, not the average.
+        raise UserError(f"--ema-momentum needs --schedule cosine, not {s.schedule}")
+    if s.ema_momentum and (model_name == "vgg16_pretrained" or s.distribute != "none"):
+        raise UserError("--ema-momentum applies to vgg16 and alexnet trained on one device (--distribute none)")
     if s.init != "keras" and model_name == "vgg16_pretrained":
         raise UserError(f"--init {s.init} applies to the models trained from scratch (vgg16, alexnet), "
                         "not vgg16_pretrained")

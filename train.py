@@ -40,6 +40,7 @@ import tensorflow as tf
 
 import data
 import models
+from averaging import WeightAverage
 from checkpoint import (CHECKPOINT_DIR, HISTORY_KEYS, TENSORBOARD_DIR, RunFolderCheckpoint, StopOnNonFiniteLoss,
                         check_same_data, now, open_run_dir, read_checkpoint, restore, session_seed,
                         watcher_counters)
@@ -294,18 +295,20 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
 
         history = {key: [] for key in HISTORY_KEYS}
         best_weights = None
+        average = WeightAverage(settings.ema_momentum, settings.ema_every) if settings.ema_momentum else None
         if state:
             done = len(state["history"]["epoch"])  # runs from before "phase" existed were all phase 1
             history = {key: list(state["history"].get(key, [1] * done)) for key in HISTORY_KEYS}
-            best_weights = restore(model, run_dir, write_dir, state, strategy)
+            best_weights = restore(model, run_dir, write_dir, state, strategy, average)
             rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
 
         watchers = make_callbacks(settings)
         checkpoint = RunFolderCheckpoint(write_dir, watchers, history, settings.epochs, state=state,
                                          best_weights=best_weights,
-                                         seconds_before=state["train_seconds"] if state else 0.0, log=log)
+                                         seconds_before=state["train_seconds"] if state else 0.0, log=log,
+                                         average=average)
         callbacks = [StopOnNonFiniteLoss(run_dir, settings.learning_rate), *watchers.values(),
-                     checkpoint]  # this order: see RunFolderCheckpoint
+                     *([average] if average else []), checkpoint]  # this order: see RunFolderCheckpoint
         if settings.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, TENSORBOARD_DIR)))
         verbose = 1 if sys.stdout.isatty() else 2

@@ -1,0 +1,128 @@
+"""An exponential moving average of a model's weights, validated and saved as the model.
+
+    average = averaging.WeightAverage(momentum=0.99, every=5)
+    model.fit(..., callbacks=[average, ...])   # validation sees the average
+    with average.swapped():                    # the average in the model, e.g. to save it
+        model.save(path)
+
+Polyak averaging as the short-schedule CIFAR-10 records use it (Page's ResNet-9, airbench's
+lookahead): every `every` optimizer steps, average = decay * average + (1 - decay) * weights,
+over every float weight, BatchNorm's moving mean and variance included (as a PyTorch
+state_dict average includes its buffers), so the averaged kernels are never paired with
+statistics measured on other kernels. Keras' own `use_ema` averages the trainable variables
+only. The decay warms up as tf.train.ExponentialMovingAverage's `num_updates` does,
+min(momentum, (1 + n) / (10 + n)) at the n-th update, so the first epochs' average is not
+dominated by the random start.
+"""
+import contextlib
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+
+def averaged_variables(model):
+    """The variables averaged: every float weight (kernels, biases, BatchNorm's gamma, beta and
+    moving statistics), not integer state such as a dropout layer's seed."""
+    return [variable for variable in model.weights if "float" in str(variable.dtype)]
+
+
+class WeightAverage(keras.callbacks.Callback):
+    """Keeps the average during fit; swaps it into the model for validation.
+
+    The update count is read from the optimizer's step counter, which the checkpoint
+    restores, so a resumed run updates on the same steps with the same decay; the
+    average itself travels through `save`/`load` (RunFolderCheckpoint writes it beside
+    each checkpoint).
+    """
+
+    def __init__(self, momentum, every):
+        super().__init__()
+        if not 0 < momentum < 1:
+            raise ValueError(f"momentum must lie in (0, 1), received {momentum!r}")
+        if not isinstance(every, int) or every < 1:
+            raise ValueError(f"every must be an integer >= 1, received {every!r}")
+        self.momentum = momentum
+        self.every = every
+        self.loaded = None  # arrays from a checkpoint, taken at the start of fit
+        self.averages = None
+        self._update = None
+
+    def set_model(self, model):
+        super().set_model(model)
+        self.variables = averaged_variables(model)
+
+    def load(self, path):
+        """Take the average saved by `save` (a resumed run's), to be used from the start of fit."""
+        with np.load(path) as arrays:
+            self.loaded = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+
+    def save(self, path):
+        """Write the average to `path` as .npz (RunFolderCheckpoint gives it a temporary path, then renames it)."""
+        with open(path, "wb") as handle:
+            np.savez(handle, *self.values())
+
+    def values(self):
+        """The average as arrays (before fit: the loaded one, if any)."""
+        if self.averages is None:
+            if self.loaded is None:
+                raise ValueError("no average yet: fit has not started and none was loaded")
+            return self.loaded
+        return [np.asarray(keras.ops.convert_to_numpy(average)) for average in self.averages]
+
+    def on_train_begin(self, logs=None):
+        start = self.loaded if self.loaded is not None else self._snapshot()
+        if len(start) != len(self.variables) or any(
+                array.shape != tuple(variable.shape) for array, variable in zip(start, self.variables)):
+            raise ValueError("the saved weight average does not match the model's weights")
+        self.averages = [tf.Variable(array, trainable=False, dtype=variable.dtype)
+                         for array, variable in zip(start, self.variables)]
+        self.updates = self._updates_done()
+
+        averages, variables = self.averages, [variable.value for variable in self.variables]
+
+        @tf.function
+        def update(decay):
+            for average, variable in zip(averages, variables):
+                average.assign(decay * average + (1 - decay) * variable)
+        self._update = update
+
+    def _updates_done(self):
+        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) // self.every
+
+    def decay(self, update):
+        """The decay of the `update`-th update (1-based): TensorFlow's num_updates warm-up."""
+        return min(self.momentum, (1 + update) / (10 + update))
+
+    def on_train_batch_end(self, batch, logs=None):
+        # Counted from the step counter, so --steps-per-execution > 1 (one call per several
+        # steps) still makes every update it owes.
+        due = self._updates_done()
+        while self.updates < due:
+            self.updates += 1
+            self._update(tf.constant(self.decay(self.updates), tf.float32))
+
+    def _snapshot(self):
+        return [variable.numpy() for variable in self.variables]
+
+    def _assign(self, values):
+        for variable, value in zip(self.variables, values):
+            variable.assign(value)
+
+    @contextlib.contextmanager
+    def swapped(self):
+        """The average in the model's weights inside the block, the trained weights back after it."""
+        trained = self._snapshot()
+        try:
+            self._assign(self.values())
+            yield
+        finally:
+            self._assign(trained)
+
+    def on_test_begin(self, logs=None):  # fit's validation: on the average
+        self._trained = self._snapshot()
+        self._assign(self.values())
+
+    def on_test_end(self, logs=None):
+        self._assign(self._trained)
+        self._trained = None

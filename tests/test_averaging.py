@@ -1,0 +1,134 @@
+"""--ema-momentum: the weights' moving average, what validation and model.keras hold, and a kill."""
+import json
+import os
+import subprocess
+import sys
+
+import keras
+import numpy as np
+import pytest
+
+import averaging
+import data
+import rundir
+import train
+from checkpoint import AVERAGE_SUFFIX, CHECKPOINT_DIR, STATE_FILE
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# alexnet: the quickest network here; float32, so the figures compared are the same on every CPU.
+RUN = ["alexnet", "--recipe", "nesterov", "--precision", "float32", "--epochs", "2", "--limit", "128",
+       "--batch-size", "32", "--seed", "4", "--ema-momentum", "0.9", "--ema-every", "2"]
+
+
+def read(run_dir, name):
+    with open(os.path.join(run_dir, name)) as handle:
+        return json.load(handle)
+
+
+def test_the_average_follows_every_weight_and_validation_sees_it():
+    """Every float weight, BatchNorm's moving statistics included, averaged on every 2nd step with the
+    warming-up decay; validation runs on the average and training goes on from the trained weights."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(),
+                              keras.layers.Dropout(0.1), keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    variables = averaging.averaged_variables(model)
+    assert any("moving_mean" in variable.path for variable in variables)
+    x, y = np.random.rand(64, 4).astype("float32"), np.random.rand(64, 2).astype("float32")
+    start = [variable.numpy() for variable in variables]
+
+    class Spy(keras.callbacks.Callback):
+        steps, validated = [], []
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append([variable.numpy() for variable in variables])
+        def on_test_begin(self, logs=None):  # after WeightAverage's: sees what validation sees
+            self.validated.append([variable.numpy() for variable in variables])
+
+    average, spy = averaging.WeightAverage(momentum=0.9, every=2), Spy()
+    model.fit(x, y, batch_size=16, epochs=2, validation_data=(x, y), callbacks=[average, spy], verbose=0)
+    expected, updates = start, 0
+    for step, weights in enumerate(spy.steps, 1):
+        if step % 2 == 0:
+            updates += 1
+            decay = min(0.9, (1 + updates) / (10 + updates))  # 0.18, 0.25, 0.31, 0.36
+            expected = [decay * old + (1 - decay) * new for old, new in zip(expected, weights)]
+    assert average.updates == updates == 4
+    for mine, theirs, seen in zip(expected, average.values(), spy.validated[-1]):
+        np.testing.assert_allclose(theirs, mine, rtol=1e-6, atol=1e-7)
+        np.testing.assert_allclose(seen, mine, rtol=1e-6, atol=1e-7)
+    for trained, now in zip(spy.steps[-1], variables):  # the trained weights are back after validation
+        np.testing.assert_array_equal(now.numpy(), trained)
+    assert not np.allclose(spy.steps[-1][0], expected[0])  # and they are not the average
+
+
+def test_model_keras_is_the_average_that_validation_measured(cifar_dir, tmp_path):
+    run_dir = str(tmp_path / "run")
+    assert train.main([*RUN, "--data-dir", cifar_dir, "--run-dir", run_dir]) == 0
+    config, history = read(run_dir, rundir.CONFIG_FILE), read(run_dir, rundir.HISTORY_FILE)
+    assert config["settings"]["ema_momentum"] == 0.9 and config["settings"]["ema_every"] == 2
+    _, _, x_valid, y_valid = train.load_split(cifar_dir, 128, 32)
+    stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
+    model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
+    loss, accuracy = model.evaluate(data.standardize(x_valid, stats), keras.utils.to_categorical(y_valid, 10),
+                                    verbose=0)
+    assert accuracy == pytest.approx(history["val_accuracy"][-1], abs=1e-6)
+    assert loss == pytest.approx(history["val_loss"][-1], rel=1e-4)
+
+
+def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
+    """Killed after epoch 1's commit: the checkpoint holds the trained weights, model.keras and the
+    file beside the checkpoint the average; the resumed run starts from that very average, with the
+    update count of the step counter, not from a fresh copy of the weights."""
+    run_dir = str(tmp_path / "killed")
+    script = ("import os, signal, sys, checkpoint, train\n"
+              "commit = checkpoint.RunFolderCheckpoint.commit\n"
+              "def commit_then_die(self, epoch):\n"
+              "    commit(self, epoch)\n"
+              "    os.kill(os.getpid(), signal.SIGKILL)\n"
+              "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
+              "train.main(sys.argv[1:])\n")
+    process = subprocess.run([sys.executable, "-c", script, *RUN, "--data-dir", cifar_dir, "--run-dir", run_dir],
+                             cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr
+    folder = os.path.join(run_dir, CHECKPOINT_DIR)
+    state = read(folder, STATE_FILE)
+    assert state["average"] == "epoch_0001" + AVERAGE_SUFFIX
+    with np.load(os.path.join(folder, state["average"])) as arrays:
+        saved = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+    trained = keras.saving.load_model(os.path.join(folder, state["checkpoint"]))
+    kept = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
+    for array, weight in zip(saved, averaging.averaged_variables(kept)):
+        np.testing.assert_array_equal(weight.numpy(), array)  # model.keras: the average
+    assert not all(np.array_equal(array, weight.numpy())
+                   for array, weight in zip(saved, averaging.averaged_variables(trained)))
+
+    started = {}
+    begin = averaging.WeightAverage.on_train_begin
+    def spy(self, logs=None):
+        begin(self, logs)
+        started.update(values=self.values(), updates=self.updates)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(averaging.WeightAverage, "on_train_begin", spy)
+        assert train.main(["alexnet", "--resume", "--run-dir", run_dir]) == 0
+    for mine, theirs in zip(started["values"], saved):
+        np.testing.assert_array_equal(mine, theirs)
+    assert started["updates"] == 4 // 2  # 128 images / batch 32 = 4 steps, one update every 2
+    assert read(run_dir, rundir.HISTORY_FILE)["epoch"] == [1, 2]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vgg16", "--ema-momentum", "0.99"], "--ema-momentum is not used with --schedule plateau (recipe paper)"),
+    (["vgg16", "--recipe", "nesterov", "--ema-every", "3"], "--ema-every is not used with --ema-momentum 0"),
+    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "1"], "ema momentum must lie in [0, 1), received 1.0"),
+    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--ema-every", "0"],
+     "ema every must be an integer >= 1, received 0"),
+    (["vgg16_pretrained", "--recipe", "nesterov", "--weights", "none", "--ema-momentum", "0.9"],
+     "--ema-momentum applies to vgg16 and alexnet trained on one device"),
+])
+def test_bad_average_input_is_one_line_and_exit_2(argv, message, cifar_dir, tmp_path, capsys):
+    run_dir = str(tmp_path / "run")
+    with pytest.raises(SystemExit) as raised:
+        train.main([*argv, "--data-dir", cifar_dir, "--run-dir", run_dir])
+    err = capsys.readouterr().err
+    assert raised.value.code == 2 and err.startswith("train.py: error: ") and message in err, err
+    assert "Traceback" not in err and err.count("\n") == 1 and not os.path.exists(run_dir)

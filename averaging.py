@@ -12,9 +12,12 @@ state_dict average includes its buffers), so the averaged kernels are never pair
 statistics measured on other kernels. Keras' own `use_ema` averages the trainable variables
 only. The decay warms up as tf.train.ExponentialMovingAverage's `num_updates` does,
 min(momentum, (1 + n) / (10 + n)) at the n-th update, so the first epochs' average is not
-dominated by the random start.
+dominated by the random start. (tf.train.ExponentialMovingAverage has that rule, but its
+shadow variables come into being at its first update, so a resumed run's average could
+not be put in before it; the update here is one line.)
 """
 import contextlib
+import zipfile
 
 import keras
 import numpy as np
@@ -47,15 +50,31 @@ class WeightAverage(keras.callbacks.Callback):
         self.loaded = None  # arrays from a checkpoint, taken at the start of fit
         self.averages = None
         self._update = None
+        self._trained = None  # the trained weights while validation runs on the average
+        self.variables = None  # set_model's
 
     def set_model(self, model):
         super().set_model(model)
         self.variables = averaged_variables(model)
 
     def load(self, path):
-        """Take the average saved by `save` (a resumed run's), to be used from the start of fit."""
-        with np.load(path) as arrays:
-            self.loaded = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+        """Take the average saved by `save` (a resumed run's), to be used from the start of fit.
+
+        ValueError if the file is not one, or does not fit the model (after set_model).
+        """
+        try:
+            with np.load(path) as arrays:
+                loaded = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+        except (OSError, ValueError, KeyError, zipfile.BadZipFile) as error:
+            raise ValueError(f"not a saved weight average ({error})") from None
+        if self.variables is not None:
+            self._check(loaded)
+        self.loaded = loaded
+
+    def _check(self, arrays):
+        if len(arrays) != len(self.variables) or any(
+                array.shape != tuple(variable.shape) for array, variable in zip(arrays, self.variables)):
+            raise ValueError(f"{len(arrays)} arrays that do not match the model's {len(self.variables)} weights")
 
     def save(self, path):
         """Write the average to `path` as .npz (RunFolderCheckpoint gives it a temporary path, then renames it)."""
@@ -72,9 +91,7 @@ class WeightAverage(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         start = self.loaded if self.loaded is not None else self._snapshot()
-        if len(start) != len(self.variables) or any(
-                array.shape != tuple(variable.shape) for array, variable in zip(start, self.variables)):
-            raise ValueError("the saved weight average does not match the model's weights")
+        self._check(start)
         self.averages = [tf.Variable(array, trainable=False, dtype=variable.dtype)
                          for array, variable in zip(start, self.variables)]
         self.updates = self._updates_done()
@@ -95,8 +112,8 @@ class WeightAverage(keras.callbacks.Callback):
         return min(self.momentum, (1 + update) / (10 + update))
 
     def on_train_batch_end(self, batch, logs=None):
-        # Counted from the step counter, so --steps-per-execution > 1 (one call per several
-        # steps) still makes every update it owes.
+        # Counted from the step counter, which the checkpoint restores (one step a call: train.py
+        # refuses --steps-per-execution > 1 with an average).
         due = self._updates_done()
         while self.updates < due:
             self.updates += 1

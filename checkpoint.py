@@ -326,7 +326,11 @@ def restore(model, run_dir, write_dir, state, strategy, average=None):
                 raise UserError(f"{os.path.join(run_dir, CHECKPOINT_DIR, STATE_FILE)}: names no weight average; "
                                 "the run cannot be resumed with --ema-momentum")
             average.set_model(model)
-            average.load(os.path.join(run_dir, CHECKPOINT_DIR, state["average"]))
+            path = os.path.join(run_dir, CHECKPOINT_DIR, state["average"])
+            try:
+                average.load(path)
+            except ValueError as error:
+                raise UserError(f"{path}: {error}; the checkpoint cannot be resumed") from None
             with average.swapped():  # a kill may have come before model.keras was rewritten
                 rundir.save_model(model, os.path.join(write_dir, rundir.MODEL_FILE))
             return None

@@ -225,7 +225,7 @@ def recipe_settings(recipe):
 
 def check_flags_used(settings, explicit):
     """UserError for a flag given explicitly that the resolved settings never read."""
-    if "ema_every" in explicit and not settings.ema_momentum:
+    if "ema_every" in explicit and not settings.ema_momentum and explicit["ema_every"] != Settings.ema_every:
         raise UserError(f"--ema-every is not used with --ema-momentum 0 (recipe {settings.recipe}); it applies "
                         "to runs that average their weights")
     for name in ("fine_tune_blocks", "fine_tune_learning_rate"):
@@ -299,10 +299,15 @@ def check_settings(model_name, settings):
     if not isinstance(s.ema_every, int) or s.ema_every < 1:
         raise UserError(f"ema every must be an integer >= 1, received {s.ema_every!r}")
     if s.ema_momentum and s.schedule != "cosine":
+        # The command line refuses the flag there already (its `when`); this guards train.train()'s callers.
         # EarlyStopping's best weights and ReduceLROnPlateau would watch the trained weights, not the average.
         raise UserError(f"--ema-momentum needs --schedule cosine, not {s.schedule}")
     if s.ema_momentum and (model_name == "vgg16_pretrained" or s.distribute != "none"):
         raise UserError("--ema-momentum applies to vgg16 and alexnet trained on one device (--distribute none)")
+    if s.ema_momentum and s.steps_per_execution != 1:
+        # Keras calls a callback once per execution, so several steps' updates would all see its last weights.
+        raise UserError(f"--ema-momentum updates between steps; it needs --steps-per-execution 1, "
+                        f"not {s.steps_per_execution}")
     if s.init != "keras" and model_name == "vgg16_pretrained":
         raise UserError(f"--init {s.init} applies to the models trained from scratch (vgg16, alexnet), "
                         "not vgg16_pretrained")

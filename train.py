@@ -255,6 +255,10 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                            preprocessing=settings.preprocessing)
             split = load_split(data_dir, settings.limit, settings.batch_size)
             x_train, y_train, x_valid, y_valid = split
+            steps = settings.epochs * math.ceil(len(x_train) / settings.batch_size)
+            if settings.ema_momentum and settings.ema_every > steps:
+                raise UserError(f"--ema-every {settings.ema_every} is more than the run's {steps} steps: the "
+                                "weights' average would never be updated")
         except BaseException:
             if created and os.path.isdir(run_dir):  # leave no empty folder behind a failed start
                 shutil.rmtree(run_dir, ignore_errors=True)
@@ -344,7 +348,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
         config.update({"finished": now(), "train_seconds": train_seconds,
                        "epochs_completed": len(history["epoch"]), "best_epoch": best_epoch,
                        "model_epoch": "best by val_loss" if watchers and not settings.fine_tune_epochs
-                       else "last", "callbacks": callback_state, "status": "complete"})
+                       else "last (weight average)" if average else "last",
+                       "callbacks": callback_state, "status": "complete"})
         rundir.write_json(os.path.join(write_dir, rundir.HISTORY_FILE), history)
         rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
         # Only after config.json says complete: a kill before this line leaves a resumable run.
@@ -446,7 +451,8 @@ def _print_summary(model_name, history, config, run_dir, log):
     seconds = config["train_seconds"]
     head_epochs = history.get("phase", [1] * epochs).count(1)  # fine-tuning epochs come after --epochs
     reason = ("early stopping" if head_epochs < config["settings"]["epochs"] else "epoch limit")
-    which = "model.keras: last epoch" if config.get("model_epoch") == "last" else "best epoch"
+    which = {"last": "model.keras: last epoch", "last (weight average)": "model.keras: the weights' average at "
+             "epoch"}.get(config.get("model_epoch"), "best epoch")
     cache = config.get("features") or {}
     building = (f" (and {cache['build_seconds']:.1f} s building the feature cache)"
                 if cache.get("built_by_this_run") else "")

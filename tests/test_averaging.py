@@ -1,15 +1,20 @@
 """--ema-momentum: the weights' moving average, what validation and model.keras hold, and a kill."""
 import json
 import os
+import shutil
 import subprocess
 import sys
 
 import keras
 import numpy as np
 import pytest
+import tensorflow as tf
 
 import averaging
+import checkpoint
 import data
+import models
+import recipes
 import rundir
 import train
 from checkpoint import AVERAGE_SUFFIX, CHECKPOINT_DIR, STATE_FILE
@@ -102,6 +107,18 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
     assert not all(np.array_equal(array, weight.numpy())
                    for array, weight in zip(saved, averaging.averaged_variables(trained)))
 
+    # A kill after state.json and before model.keras was rewritten leaves the previous epoch's
+    # model.keras (here: the trained weights); the resume writes it again from the average.
+    shutil.copy(os.path.join(folder, state["checkpoint"]), os.path.join(run_dir, rundir.MODEL_FILE))
+    settings = recipes.load_settings(run_dir)
+    model = models.build_model("alexnet", dropout_scale=settings.dropout_scale, bn_momentum=settings.bn_momentum)
+    recipes.compile_model(model, settings, steps_per_epoch=4)
+    average = averaging.WeightAverage(settings.ema_momentum, settings.ema_every)
+    checkpoint.restore(model, run_dir, run_dir, state, tf.distribute.get_strategy(), average)
+    rewritten = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
+    for array, weight in zip(saved, averaging.averaged_variables(rewritten)):
+        np.testing.assert_array_equal(weight.numpy(), array)
+
     started = {}
     begin = averaging.WeightAverage.on_train_begin
     def spy(self, logs=None):
@@ -124,6 +141,10 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
      "ema every must be an integer >= 1, received 0"),
     (["vgg16_pretrained", "--recipe", "nesterov", "--weights", "none", "--ema-momentum", "0.9"],
      "--ema-momentum applies to vgg16 and alexnet trained on one device"),
+    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--steps-per-execution", "2"],
+     "it needs --steps-per-execution 1, not 2"),
+    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--ema-every", "5", "--epochs", "1", "--limit", "64",
+      "--batch-size", "32"], "--ema-every 5 is more than the run's 2 steps"),
 ])
 def test_bad_average_input_is_one_line_and_exit_2(argv, message, cifar_dir, tmp_path, capsys):
     run_dir = str(tmp_path / "run")

@@ -120,3 +120,15 @@ def write_tarball(path, train, test):
             info.size = len(payload)
             tar.addfile(info, io.BytesIO(payload))
     return path
+
+
+# `python -c KILL_AFTER_FIRST_COMMIT ARGS...` runs train.py ARGS and SIGKILLs itself right after
+# epoch 1's commit: as abrupt as a kill from outside, and never too late (a 2-epoch run could
+# otherwise finish before the kill lands). The process ends with return code -9.
+KILL_AFTER_FIRST_COMMIT = ("import os, signal, sys, checkpoint, train\n"
+                           "commit = checkpoint.RunFolderCheckpoint.commit\n"
+                           "def commit_then_die(self, epoch):\n"
+                           "    commit(self, epoch)\n"
+                           "    os.kill(os.getpid(), signal.SIGKILL)\n"
+                           "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
+                           "train.main(sys.argv[1:])\n")

@@ -18,6 +18,7 @@ import recipes
 import rundir
 import train
 from checkpoint import AVERAGE_SUFFIX, CHECKPOINT_DIR, STATE_FILE
+from cifar_fixtures import KILL_AFTER_FIRST_COMMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # alexnet: the quickest network here; float32, so the figures compared are the same on every CPU.
@@ -85,14 +86,8 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
     file beside the checkpoint the average; the resumed run starts from that very average, with the
     update count of the step counter, not from a fresh copy of the weights."""
     run_dir = str(tmp_path / "killed")
-    script = ("import os, signal, sys, checkpoint, train\n"
-              "commit = checkpoint.RunFolderCheckpoint.commit\n"
-              "def commit_then_die(self, epoch):\n"
-              "    commit(self, epoch)\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
-              "train.main(sys.argv[1:])\n")
-    process = subprocess.run([sys.executable, "-c", script, *RUN, "--data-dir", cifar_dir, "--run-dir", run_dir],
+    process = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_COMMIT, *RUN, "--data-dir", cifar_dir,
+                              "--run-dir", run_dir],
                              cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr
     folder = os.path.join(run_dir, CHECKPOINT_DIR)

@@ -18,6 +18,7 @@ import recipes
 import rundir
 import train
 from checkpoint import CHECKPOINT_DIR, STATE_FILE, eta_line
+from cifar_fixtures import KILL_AFTER_FIRST_COMMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for seconds an epoch on two shared CPU cores.
@@ -314,18 +315,10 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
     assert config["parameters"] == 1_186_346
 
-    # SIGKILL, from inside the process right after epoch 1's commit: as abrupt as a kill from
-    # outside, and never too late (a 2-epoch run could otherwise finish before the kill lands).
+    # SIGKILL, from inside the process right after epoch 1's commit.
     killed = str(tmp_path / "killed")
-    script = ("import os, signal, sys, checkpoint, train\n"
-              "commit = checkpoint.RunFolderCheckpoint.commit\n"
-              "def commit_then_die(self, epoch):\n"
-              "    commit(self, epoch)\n"
-              "    os.kill(os.getpid(), signal.SIGKILL)\n"
-              "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
-              "train.main(sys.argv[1:])\n")
-    process = subprocess.run([sys.executable, "-c", script, *argv, "--run-dir", killed], cwd=ROOT,
-                             capture_output=True, text=True)
+    process = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_COMMIT, *argv, "--run-dir", killed],
+                             cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr
     assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],

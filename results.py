@@ -186,6 +186,7 @@ def records_table(results_dir=RESULTS_DIR):
         config, history, metrics = read_record(os.path.join(results_dir, folder))
         best = config["best_epoch"] - 1
         tta = _tta(metrics)
+        cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
             f"| `{folder}` | `{command_of(config)}` | {config['epochs_completed']} "
             f"| {config['train_seconds'] / 60:.1f} min | {100 * history['val_accuracy'][best]:.2f} % "
@@ -267,6 +268,17 @@ def verdict(ours, theirs):
     return f"beaten by {gap:.1f} points" if gap > 0 else f"short by {-gap:.1f} points"
 
 
+def learning_rate_cuts(history):
+    """[(epoch, rate)]: each epoch that trained at a lower learning rate than the one before it.
+
+    history.json's learning_rate is each epoch's rate at its first step, so a cut
+    ReduceLROnPlateau made at the end of epoch N shows as (N + 1, the new rate).
+    """
+    rates = history.get("learning_rate") or []
+    return [(history["epoch"][index], rate) for index, rate in enumerate(rates)
+            if index and rate < rates[index - 1] * (1 - 1e-6)]
+
+
 def paper_table(results_dir=RESULTS_DIR):
     """The report's Tables 1-2 beside ours, from the records trained with its protocol (--recipe paper).
 
@@ -274,9 +286,9 @@ def paper_table(results_dir=RESULTS_DIR):
     """
     import recipes
     lines = ["| model | record | epochs run (kept) | training time | val. accuracy (kept epoch, clean) "
-             "| test accuracy | with TTA | predicting the test set | machine | the report | ours against "
-             "the report's test accuracy |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+             "| learning-rate cuts (first epoch at the rate) | test accuracy | with TTA | predicting the test set "
+             "| machine | the report | ours against the report's test accuracy |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     protocol = recipes.Settings()
     for folder in _record_folders(results_dir):
         config, history, metrics = read_record(os.path.join(results_dir, folder))
@@ -288,11 +300,12 @@ def paper_table(results_dir=RESULTS_DIR):
         partial = settings["epochs"] < protocol.epochs and config["epochs_completed"] == settings["epochs"]
         test = 100 * metrics["test_accuracy"]
         tta = _tta(metrics)
+        cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
             f"| {paper['label']} | `{folder}` | {config['epochs_completed']} ({best + 1})"
             + (f", partial: --epochs {settings['epochs']}" if partial else "")
             + f" | {config['train_seconds'] / 60:.0f} min | {100 * history['val_accuracy'][best]:.2f} % "
-            f"| {test:.2f} % | {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
+            f"| {cuts} | {test:.2f} % | {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s | {config['device']} "
             f"| {paper['train_minutes']} min, val. {paper['val_accuracy']} % (augmented), test "
             f"{paper['test_accuracy']} %, {paper['predict_seconds']} s (MacBook Air M3) "

@@ -162,6 +162,9 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
     config = json.load(open(out / "vgg16_paper_full" / rundir.CONFIG_FILE))
     config["settings"]["epochs"] = 300  # as if EarlyStopping had ended a full run after these epochs
     rundir.write_json(str(out / "vgg16_paper_full" / rundir.CONFIG_FILE), config)
+    for name, rates in (("vgg16_paper", [5e-4] * 3), ("vgg16_paper_full", [5e-4, 2.5e-4, 2.5e-4])):
+        history = json.load(open(out / name / rundir.HISTORY_FILE))  # no cut; a cut after epoch 1
+        rundir.write_json(str(out / name / rundir.HISTORY_FILE), dict(history, learning_rate=rates))
     for name, accuracy in (("vgg16_paper", 0.8950), ("vgg16_paper_full", 0.9212)):
         metrics = json.load(open(out / name / rundir.METRICS_FILE))
         rundir.write_json(str(out / name / rundir.METRICS_FILE), dict(metrics, test_accuracy=accuracy))
@@ -172,6 +175,7 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
     assert "`vgg16_paper`" in partial and "partial: --epochs 3" in partial
     assert "89.50 %" in partial and "reproduced (-0.5 points) after a partial run" in partial  # the report: 90 %
     assert "partial" not in full and "beaten by 2.1 points" in full
+    assert "| 2: 0.00025 |" in full and "| none |" in partial  # the learning-rate cuts
     assert "249 min, val. 90 % (augmented), test 90 %, 4 s (MacBook Air M3)" in full
     metrics = json.load(open(out / "vgg16_paper_full" / rundir.METRICS_FILE))
     rundir.write_json(str(out / "vgg16_paper_full" / rundir.METRICS_FILE), dict(metrics, test_accuracy=0.7240))

@@ -2,6 +2,7 @@
 
     python results.py collect runs/vgg16_fast_10ep runs/alexnet_fast_30ep   # copy their records into results/
     python results.py collect --with-model runs/vgg16_regularized_30ep      # also a small inference model
+    python results.py collect --unfinished runs/alexnet_paper    # a stopped run, as far as its last epoch
     python results.py table                                              # the README's table, as Markdown
     python results.py records                                            # one row per record
     python results.py paper                          # the report's Tables 1-2 beside ours (its protocol)
@@ -79,21 +80,72 @@ def save_inference_model(run_dir, target):
     inference.save(target)
 
 
-def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overwrite=False):
+def unfinished_record(run_dir, config):
+    """(config, history) of a stopped run as its record keeps them: what its last commit says.
+
+    A run stopped before its end (Ctrl-C, SIGTERM, a session's end) keeps config.json at
+    "running" and its counts in checkpoint/state.json; the record gets status "unfinished"
+    and the counts a finished run's config.json has, so every table reads it and says so.
+    Refused while a train.py holds the folder, before any epoch completed, when model.keras
+    may predate the commit of its best epoch (a stop mid-commit), or when metrics.json
+    predates the last commit (evaluated before the run's last epochs).
+    """
+    import checkpoint  # TensorFlow: only for an unfinished run
+    try:
+        rundir.RunLock(run_dir).acquire().release()
+    except UserError:
+        raise UserError(f"{run_dir}: a train.py is still training it; stop it first (Ctrl-C or SIGTERM: its "
+                        "completed epochs stay), then evaluate it and collect it") from None
+    state = checkpoint.read_checkpoint(run_dir)
+    if state is None:
+        raise UserError(f"{run_dir}: no epoch of the run has completed; there is nothing to collect")
+    state_path = os.path.join(run_dir, checkpoint.CHECKPOINT_DIR, checkpoint.STATE_FILE)
+    watched = "early_stopping" in state and state.get("phase", 1) == 1
+    best_epoch = state["early_stopping"]["best_epoch"] + 1 if watched else state["epoch"]
+    model_path = os.path.join(run_dir, rundir.MODEL_FILE)
+    if not os.path.isfile(model_path):
+        raise UserError(f"{model_path}: missing; the run cannot be collected")
+    model_time = os.path.getmtime(model_path)
+    if best_epoch == state["epoch"] and model_time < os.path.getmtime(state_path):
+        raise UserError(f"{run_dir}: model.keras predates the commit of epoch {best_epoch}, its best (the run "
+                        "stopped mid-commit); train.py --resume rewrites it, then stop, evaluate and collect it")
+    if os.path.getmtime(os.path.join(run_dir, rundir.METRICS_FILE)) < os.path.getmtime(state_path):
+        raise UserError(f"{run_dir}: its {rundir.METRICS_FILE} predates the run's last completed epoch; run "
+                        "evaluate.py on it again")
+    counters = {key: state[key] for key in ("reduce_lr", "early_stopping") if key in state}
+    config = dict(config, status="unfinished", train_seconds=state["train_seconds"],
+                  epochs_completed=state["epoch"], best_epoch=best_epoch,
+                  model_epoch="best by val_loss" if watched else config.get("model_epoch", "last"),
+                  callbacks=counters)
+    return config, state["history"]
+
+
+def epochs_run(config):
+    """The epochs a record's run trained, and 'unfinished' for a run stopped before its end."""
+    count = str(config["epochs_completed"])
+    return count + " (unfinished)" if config.get("status") == "unfinished" else count
+
+
+def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overwrite=False, unfinished=False):
     """Copy a finished, evaluated run's records into results_dir/NAME (default: the folder's name).
 
-    With `with_model`, also model.keras (an inference copy) and stats.json. The record is
+    With `with_model`, also model.keras (an inference copy) and stats.json. With
+    `unfinished`, a stopped run is taken as far as its last completed epoch
+    (unfinished_record); it stays resumable, and its record says "unfinished". The record is
     written into a temporary folder beside its place and renamed into it when whole, so
     an interrupted collect leaves no half record; an existing record is replaced only
     with `overwrite`, and never by a mix of the old and new files.
     """
     rundir.check_run_dir(run_dir)
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
-    if config.get("status") != "complete":
+    if config.get("status") != "complete" and not (unfinished and config.get("status") == "running"):
         raise UserError(f"{run_dir}: the run is not complete (status {config.get('status')!r}); finish it "
-                        "with train.py --resume first")
+                        "with train.py --resume first (or keep it as it stands with --unfinished)")
     if not os.path.isfile(os.path.join(run_dir, rundir.METRICS_FILE)):
         raise UserError(f"{run_dir}: no {rundir.METRICS_FILE}; run evaluate.py on it first")
+    history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE), "the run's history")
+    if config.get("status") == "running":
+        config, history = unfinished_record(run_dir, config)
     for needed in (rundir.MODEL_FILE, rundir.STATS_FILE) if with_model else ():
         if not os.path.isfile(os.path.join(run_dir, needed)):
             raise UserError(f"{run_dir}: no {needed} to keep with --with-model")
@@ -111,7 +163,7 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overw
         "name": name, "run_folder": _portable(run_dir), "with_model": bool(with_model),
         "collected": datetime.datetime.now().astimezone().isoformat(timespec="seconds")})
     records = {rundir.CONFIG_FILE: config,
-               rundir.HISTORY_FILE: rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE), "the run's history"),
+               rundir.HISTORY_FILE: history,
                rundir.METRICS_FILE: dict(metrics, run_dir=name)}
     os.makedirs(results_dir, exist_ok=True)
     staging = tempfile.mkdtemp(prefix=f".{name}.", dir=results_dir)
@@ -188,7 +240,7 @@ def records_table(results_dir=RESULTS_DIR):
         tta = _tta(metrics)
         cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
-            f"| `{folder}` | `{command_of(config)}` | {config['epochs_completed']} "
+            f"| `{folder}` | `{command_of(config)}` | {epochs_run(config)} "
             f"| {config['train_seconds'] / 60:.1f} min | {100 * history['val_accuracy'][best]:.2f} % "
             f"(epoch {best + 1}) | {100 * metrics['test_accuracy']:.2f} % "
             f"| {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
@@ -227,7 +279,7 @@ def table(results_dir=RESULTS_DIR):
              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for (command, device, policy), members in groups.items():
         seeds = [config["settings"].get("seed") for _, config, _ in members]
-        epochs = sorted({config["epochs_completed"] for _, config, _ in members})
+        epochs = sorted({epochs_run(config) for _, config, _ in members}, key=lambda words: int(words.split()[0]))
         minutes = [config["train_seconds"] / 60 for _, config, _ in members]
         tests = [metrics["test_accuracy"] for _, _, metrics in members]
         ttas = [_tta(metrics) for _, _, metrics in members]
@@ -282,7 +334,8 @@ def learning_rate_cuts(history):
 def paper_table(results_dir=RESULTS_DIR):
     """The report's Tables 1-2 beside ours, from the records trained with its protocol (--recipe paper).
 
-    A record stopped by --epochs before its protocol's end is listed, marked as partial.
+    A record stopped by --epochs before its protocol's end is listed, marked as partial, and
+    so is a run stopped before its end and collected with --unfinished.
     """
     import recipes
     lines = ["| model | record | epochs run (kept) | training time | val. accuracy (kept epoch, clean) "
@@ -298,18 +351,21 @@ def paper_table(results_dir=RESULTS_DIR):
         paper = PAPER_TABLES[config["model"]]
         best = config["best_epoch"] - 1
         partial = settings["epochs"] < protocol.epochs and config["epochs_completed"] == settings["epochs"]
+        unfinished = config.get("status") == "unfinished"
         test = 100 * metrics["test_accuracy"]
         tta = _tta(metrics)
         cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
             f"| {paper['label']} | `{folder}` | {config['epochs_completed']} ({best + 1})"
             + (f", partial: --epochs {settings['epochs']}" if partial else "")
+            + (f", unfinished: stopped before its end (up to {settings['epochs']} epochs)" if unfinished else "")
             + f" | {config['train_seconds'] / 60:.0f} min | {100 * history['val_accuracy'][best]:.2f} % "
             f"| {cuts} | {test:.2f} % | {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s | {config['device']} "
             f"| {paper['train_minutes']} min, val. {paper['val_accuracy']} % (augmented), test "
             f"{paper['test_accuracy']} %, {paper['predict_seconds']} s (MacBook Air M3) "
-            f"| {verdict(test, paper['test_accuracy'])}" + (" after a partial run" if partial else "") + " |")
+            f"| {verdict(test, paper['test_accuracy'])}" + (" after a partial run" if partial or unfinished else "")
+            + " |")
     if len(lines) == 2:
         raise UserError(f"results folder '{results_dir}' holds no record trained with the report's protocol")
     return "\n".join(lines)
@@ -326,6 +382,9 @@ def main(argv=None):
     collect_parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folders made by train.py")
     collect_parser.add_argument("--overwrite", action="store_true", help="replace a record of the same name "
                                 "(the old one stays until the new one is whole)")
+    collect_parser.add_argument("--unfinished", action="store_true", help="also take a run stopped before its "
+                                "end (Ctrl-C, SIGTERM), as far as its last completed epoch: the record says "
+                                "unfinished, the run stays resumable")
     collect_parser.add_argument("--with-model", action="store_true", help="also keep model.keras (an inference "
                                 "copy without the optimizer's state) and stats.json, so the record can be "
                                 "evaluated and used for predictions without training")
@@ -337,7 +396,9 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if args.command == "collect":
         for run_dir in args.run_dirs:
-            print(f"wrote {collect(run_dir, args.results_dir, with_model=args.with_model, overwrite=args.overwrite)}")
+            target = collect(run_dir, args.results_dir, with_model=args.with_model, overwrite=args.overwrite,
+                             unfinished=args.unfinished)
+            print(f"wrote {target}")
     elif args.command == "records":
         print(records_table(args.results_dir))
     elif args.command == "paper":

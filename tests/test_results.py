@@ -142,6 +142,70 @@ def test_collect_refuses_unfinished_or_unevaluated_runs(evaluated_run, run_copy,
     assert not os.path.exists(tmp_path / "results") or os.listdir(tmp_path / "results") == []  # no record
 
 
+def test_collect_unfinished_keeps_a_stopped_run_as_far_as_its_last_epoch(cifar_dir, tmp_path, monkeypatch, capsys):
+    """The report's protocol stopped after epoch 2 of 4 as SIGTERM stops it (KeyboardInterrupt after a
+    commit): a plain collect refuses it, --unfinished keeps it with the last commit's counts and says
+    so in every table, and the run stays resumable and is collected whole once it ends."""
+    import checkpoint
+    import train
+    commit = checkpoint.RunFolderCheckpoint.commit
+
+    def commit_then_stop(self, epoch):
+        commit(self, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint.RunFolderCheckpoint, "commit", commit_then_stop)
+    run, out = str(tmp_path / "vgg16_paper"), str(tmp_path / "results")
+    # No val_loss beats a min_delta of 1e9: epoch 1 stays EarlyStopping's best, the rate is cut after epoch 2.
+    assert train.main(["vgg16", "--data-dir", cifar_dir, "--run-dir", run, "--epochs", "4", "--limit", "64",
+                       "--batch-size", "32", "--augmentation", "none", "--seed", "0", "--lr-patience", "0",
+                       "--lr-min-delta", "1e9", "--stop-min-delta", "1e9"]) == 130
+    monkeypatch.undo()
+    state = json.load(open(os.path.join(run, checkpoint.CHECKPOINT_DIR, checkpoint.STATE_FILE)))
+    assert state["epoch"] == 2 and json.load(open(os.path.join(run, rundir.CONFIG_FILE)))["status"] == "running"
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(run, x_test, y_test, batch_size=32, tta="flip")
+    capsys.readouterr()
+
+    def refused(argv, message):
+        with pytest.raises(SystemExit) as raised:
+            results.main(["--results-dir", out, "collect", *argv])
+        err = capsys.readouterr().err
+        assert raised.value.code == 2 and message in err and err.count("\n") == 1, err
+
+    refused([run], "the run is not complete (status 'running'); finish it with train.py --resume first (or "
+                   "keep it as it stands with --unfinished)")
+    lock = rundir.RunLock(run).acquire()  # as a live train.py holds it
+    refused(["--unfinished", run], "a train.py is still training it; stop it first")
+    lock.release()
+    metrics = os.path.join(run, rundir.METRICS_FILE)
+    os.utime(metrics, (0, 0))  # as if evaluated before the run's last epochs
+    refused(["--unfinished", run], "metrics.json predates the run's last completed epoch; run evaluate.py")
+    os.utime(metrics)
+    assert not os.path.exists(out) or os.listdir(out) == []
+
+    assert results.main(["--results-dir", out, "collect", "--unfinished", run]) == 0
+    config, history, _ = results.read_record(os.path.join(out, "vgg16_paper"))
+    assert config["status"] == "unfinished" and config["epochs_completed"] == 2 and config["best_epoch"] == 1
+    assert config["train_seconds"] == state["train_seconds"] and history == state["history"]
+    assert config["callbacks"]["early_stopping"]["wait"] == 1 and config["model_epoch"] == "best by val_loss"
+    capsys.readouterr()
+    for command, shown in (("paper", "| 2 (1), unfinished: stopped before its end (up to 4 epochs) |"),
+                           ("records", "| 2 (unfinished) |"), ("table", "| 2 (unfinished) |")):
+        assert results.main(["--results-dir", out, command]) == 0
+        row = capsys.readouterr().out.strip().splitlines()[2]
+        assert shown in row, row
+        assert command != "paper" or "after a partial run" in row
+
+    # The run itself is untouched: it resumes to its end and is then collected whole.
+    assert os.path.isfile(os.path.join(run, checkpoint.CHECKPOINT_DIR, checkpoint.STATE_FILE))
+    assert train.main(["vgg16", "--resume", "--run-dir", run]) == 0
+    assert results.main(["--results-dir", out, "collect", "--overwrite", run]) == 0
+    config, history, _ = results.read_record(os.path.join(out, "vgg16_paper"))
+    assert config["status"] == "complete" and len(history["epoch"]) == config["epochs_completed"] == 4
+
+
 def test_table_of_an_empty_folder_is_one_line(tmp_path, capsys):
     with pytest.raises(SystemExit) as raised:
         results.main(["--results-dir", str(tmp_path), "table"])

@@ -96,6 +96,8 @@ def unfinished_record(run_dir, config):
     except UserError:
         raise UserError(f"{run_dir}: a train.py is still training it; stop it first (Ctrl-C or SIGTERM: its "
                         "completed epochs stay), then evaluate it and collect it") from None
+    except OSError as error:  # a folder we cannot write: its lock cannot be tried
+        raise UserError(f"{run_dir}: cannot tell whether a train.py holds it ({error.strerror or error})") from None
     state = checkpoint.read_checkpoint(run_dir)
     if state is None:
         raise UserError(f"{run_dir}: no epoch of the run has completed; there is nothing to collect")

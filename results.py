@@ -145,6 +145,11 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overw
                         "with train.py --resume first (or keep it as it stands with --unfinished)")
     if not os.path.isfile(os.path.join(run_dir, rundir.METRICS_FILE)):
         raise UserError(f"{run_dir}: no {rundir.METRICS_FILE}; run evaluate.py on it first")
+    model_path = os.path.join(run_dir, rundir.MODEL_FILE)
+    if os.path.isfile(model_path) and (os.path.getmtime(os.path.join(run_dir, rundir.METRICS_FILE))
+                                       < os.path.getmtime(model_path)):
+        raise UserError(f"{run_dir}: its {rundir.METRICS_FILE} predates its {rundir.MODEL_FILE}; run evaluate.py "
+                        "on it again")
     history = rundir.read_json(os.path.join(run_dir, rundir.HISTORY_FILE), "the run's history")
     if config.get("status") == "running":
         config, history = unfinished_record(run_dir, config)

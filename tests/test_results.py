@@ -180,7 +180,8 @@ def test_collect_unfinished_keeps_a_stopped_run_as_far_as_its_last_epoch(cifar_d
     refused(["--unfinished", run], "a train.py is still training it; stop it first")
     lock.release()
     metrics = os.path.join(run, rundir.METRICS_FILE)
-    os.utime(metrics, (0, 0))  # as if evaluated before the run's last epochs
+    model_time = os.path.getmtime(os.path.join(run, rundir.MODEL_FILE))  # epoch 1's, the best
+    os.utime(metrics, (model_time, model_time))  # as if evaluated before the run's last epoch, 2
     refused(["--unfinished", run], "metrics.json predates the run's last completed epoch; run evaluate.py")
     os.utime(metrics)
     assert not os.path.exists(out) or os.listdir(out) == []
@@ -201,6 +202,9 @@ def test_collect_unfinished_keeps_a_stopped_run_as_far_as_its_last_epoch(cifar_d
     # The run itself is untouched: it resumes to its end and is then collected whole.
     assert os.path.isfile(os.path.join(run, checkpoint.CHECKPOINT_DIR, checkpoint.STATE_FILE))
     assert train.main(["vgg16", "--resume", "--run-dir", run]) == 0
+    os.utime(metrics, (0, 0))  # evaluated before model.keras was last written
+    refused(["--overwrite", run], "its metrics.json predates its model.keras; run evaluate.py on it again")
+    os.utime(metrics)
     assert results.main(["--results-dir", out, "collect", "--overwrite", run]) == 0
     config, history, _ = results.read_record(os.path.join(out, "vgg16_paper"))
     assert config["status"] == "complete" and len(history["epoch"]) == config["epochs_completed"] == 4
@@ -268,6 +272,7 @@ def test_collect_never_mixes_replaces_or_half_writes_a_record(evaluated_run, run
     damaged = run_copy(evaluated_run, "damaged")
     with open(os.path.join(damaged, rundir.MODEL_FILE), "wb") as handle:
         handle.write(b"not a keras archive")
+    os.utime(os.path.join(damaged, rundir.METRICS_FILE))  # not older than the model it would describe
     refused(["--with-model", damaged], "cannot be loaded")
     assert sorted(os.listdir(out)) == ["alexnet_short"]  # no half record, no staging folder left
 

@@ -10,8 +10,9 @@ categorical cross-entropy, batch 64, up to 300 epochs, ReduceLROnPlateau and
 EarlyStopping on val_loss, the 45,000-image split standardized and augmented by the
 paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
 default (the paper augmented them too; --augment-validation reproduces that).
-recipes.RECIPES names other sets of defaults: `fast`, `nesterov` and `regularized` train in
-a tenth of the paper's epochs, `long` (the best record's settings) in a third
+recipes.RECIPES names other sets of defaults: `fast`, `nesterov`, `short` (the best 30-epoch
+record's settings) and `regularized` train in a tenth of the paper's epochs, `long` (the best
+record's settings) in a third
 (docs/recipes.md); `transfer` gives vgg16_pretrained ImageNet's
 preprocessing, trains its head on the frozen base's features computed once
 (features.py), then fine-tunes block5 (phase 2 in history.json; model.keras is then the

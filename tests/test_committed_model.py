@@ -51,21 +51,23 @@ def test_the_committed_model_loads_and_classifies_a_photo(folder, tmp_path, caps
     assert probabilities.sum() == pytest.approx(1, abs=1e-4) and result["predicted"] in data.CLASS_NAMES
 
 
-def test_the_long_recipe_is_the_best_records_settings():
-    # `--recipe long` claims to train exactly what the committed best record trained: every
-    # setting the record saved, resolved as train.py resolves it (precision auto and the seed
-    # are the machine's and the user's), equals the recipe's.
+@pytest.mark.parametrize("recipe, record", [("long", "vgg16_nesterov_whiten_dirac_cutout12_100ep"),
+                                            ("short", "vgg16_nesterov_whiten_dirac_cutout8_b128_30ep")])
+def test_a_records_recipe_is_that_records_settings(recipe, record):
+    # `--recipe long` and `--recipe short` each claim to train exactly what a committed record
+    # trained: every setting the record saved, resolved as train.py resolves it (precision
+    # auto and the seed are the machine's and the user's), equals the recipe's.
     import dataclasses
 
     import recipes
-    config = json.load(open(os.path.join(RESULTS, "vgg16_nesterov_whiten_dirac_cutout12_100ep", rundir.CONFIG_FILE)))
+    config = json.load(open(os.path.join(RESULTS, record, rundir.CONFIG_FILE)))
     saved = config["settings"]
-    long = recipes.resolve_settings(config["model"], dataclasses.replace(
-        recipes.recipe_settings("long"), seed=saved["seed"], precision=saved["precision"]))
-    differing = {key: (value, getattr(long, key)) for key, value in saved.items()
-                 if key != "recipe" and getattr(long, key) != value}
+    settings = recipes.resolve_settings(config["model"], dataclasses.replace(
+        recipes.recipe_settings(recipe), seed=saved["seed"], precision=saved["precision"]))
+    differing = {key: (value, getattr(settings, key)) for key, value in saved.items()
+                 if key != "recipe" and getattr(settings, key) != value}
     assert differing == {}
     # Settings added after the record was made are at their defaults in the recipe: the run predates them.
     for field in dataclasses.fields(recipes.Settings):
         if field.name not in saved:
-            assert getattr(long, field.name) == field.default, field.name
+            assert getattr(settings, field.name) == field.default, field.name

@@ -9,8 +9,8 @@ tf.data needs, Keras runs it as one `ImageProjectiveTransformV3` op, with Tensor
 matrix convention, bilinear sampling and fill modes):
 
 - "paper": the report's ImageDataGenerator, described below;
-- "crop": random translation by up to CROP_PADDING pixels with reflected edges plus a
-  horizontal flip, the standard CIFAR-10 augmentation of fast recipes (He et al. 2016;
+- "crop": random translation by up to CROP_PADDING pixels (or make_dataset's
+  `crop_padding`) with reflected edges plus a horizontal flip, the standard CIFAR-10 augmentation of fast recipes (He et al. 2016;
   Page's ResNet-9; airbench) for `--recipe fast`. A translation by whole pixels with
   reflected fill is pad-then-random-crop without materializing the padded image.
 
@@ -40,6 +40,7 @@ shuffle and the gather); the cast and standardization happen once per batch, jus
 before the transform that needs floats. No Python runs per epoch: shuffling and the
 random parameters are re-drawn by tf.data every pass, from `seed` when one is given.
 """
+import functools
 import math
 import os
 
@@ -168,12 +169,12 @@ def augment_batch(images, seed):
 CROP_PADDING = 4  # pixels of random translation each way: pad 4 + random 32x32 crop (He et al. 2016)
 
 
-def crop_matrices(count, seed, image_shape=IMAGE_SHAPE):
-    """(count, 8) transforms: a whole-pixel shift in [-CROP_PADDING, CROP_PADDING] each way and a
+def crop_matrices(count, seed, image_shape=IMAGE_SHAPE, padding=CROP_PADDING):
+    """(count, 8) transforms: a whole-pixel shift in [-padding, padding] each way and a
     horizontal flip with probability 0.5, drawn from one stateless seed pair."""
     shift_seed, flip_seed = tf.unstack(tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=2))
-    shifts = tf.cast(tf.random.stateless_uniform([count, 2], shift_seed, minval=-CROP_PADDING,
-                                                 maxval=CROP_PADDING + 1, dtype=tf.int32), tf.float32)
+    shifts = tf.cast(tf.random.stateless_uniform([count, 2], shift_seed, minval=-padding,
+                                                 maxval=padding + 1, dtype=tf.int32), tf.float32)
     flip = tf.random.stateless_uniform([count], flip_seed) < 0.5
     # Output (x, y) reads input (sign * x + offset_x, y + shift_y); a flip mirrors about the centre.
     sign = tf.where(flip, -1.0, 1.0)
@@ -182,13 +183,14 @@ def crop_matrices(count, seed, image_shape=IMAGE_SHAPE):
     return tf.stack([sign, zeros, offset_x, zeros, ones, shifts[:, 1], zeros, zeros], axis=1)
 
 
-def crop_batch(images, seed):
-    """Random pad-and-crop (reflected edges) and horizontal flip of a float32 batch (B, H, W, C)."""
+def crop_batch(images, seed, padding=CROP_PADDING):
+    """Random pad-and-crop (reflected edges, `padding` pixels) and horizontal flip of a float32
+    batch (B, H, W, C)."""
     images = tf.convert_to_tensor(images, tf.float32)
     # Whole-pixel shifts make bilinear sampling exact; "reflect" mirrors about the edge pixel's
     # outer side (d c b a | a b c d), numpy's "symmetric" padding (not numpy's "reflect").
     return keras.ops.image.affine_transform(
-        images, crop_matrices(tf.shape(images)[0], seed, images.shape[1:]), interpolation="bilinear",
+        images, crop_matrices(tf.shape(images)[0], seed, images.shape[1:], padding), interpolation="bilinear",
         fill_mode="reflect", data_format="channels_last")
 
 
@@ -219,7 +221,8 @@ def cutout_batch(images, size, seed):
     return images * cutout_masks(tf.shape(images)[0], size, seed, images.shape[1:])
 
 
-def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None, cutout=0):
+def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None, cutout=0,
+                 crop_padding=CROP_PADDING):
     """A tf.data pipeline of standardized (and optionally augmented) batches.
 
     Args:
@@ -233,6 +236,7 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         seed: makes the order and the augmentation repeatable; None draws afresh.
         cutout: with `augment`, the side in pixels of a square zeroed in each image
             after the transform (cutout_batch); 0: none.
+        crop_padding: with augment="crop", the largest shift in pixels each way.
 
     Returns:
         A `tf.data.Dataset` of (float32 images (B, 32, 32, 3), labels (B, 10)), one
@@ -250,6 +254,9 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         raise ValueError(f"unknown augment {augment!r}; choose None or one of {', '.join(AUGMENTERS)}")
     if not isinstance(cutout, (int, np.integer)) or cutout < 0 or (cutout and augment is None):
         raise ValueError(f"cutout must be an integer >= 0, used with an augment, received {cutout!r}")
+    if (not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0
+            or (crop_padding != CROP_PADDING and augment != "crop")):
+        raise ValueError(f"crop_padding must be an integer >= 0, used with augment='crop', received {crop_padding!r}")
     mean, std = (np.float32(value) for value in standardization(stats))
     images_table, labels_table = tf.constant(images), tf.constant(labels)
 
@@ -264,6 +271,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
 
     if augment is not None:
         augment_fn = AUGMENTERS[augment]
+        if augment == "crop":
+            augment_fn = functools.partial(crop_batch, padding=int(crop_padding))
         # One stateless seed pair per batch, re-drawn every pass, so the parallel map
         # stays deterministic for a given seed and still changes from epoch to epoch.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)

@@ -127,10 +127,13 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         # shuffle=False for fit: the dataset reshuffles itself every epoch.
         return {"shuffle": False,
                 "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
-                                          shuffle=True, seed=seed, cutout=settings.cutout),
+                                          shuffle=True, seed=seed, cutout=settings.cutout,
+                                          crop_padding=settings.crop_padding),
                 "validation_data": augment.make_dataset(
-                    x_valid, y_valid, stats, batch_size,
-                    augment=transform if settings.augment_validation else None, shuffle=False, seed=seed)}
+                    x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False, seed=seed,
+                    crop_padding=settings.crop_padding)
+                if settings.augment_validation else
+                augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=None, shuffle=False)}
     x_train, x_valid = data.standardize(x_train, stats), data.standardize(x_valid, stats)
     if settings.augmentation == "none":
         return {"x": x_train, "y": y_train, "batch_size": batch_size, "shuffle": True,

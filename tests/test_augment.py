@@ -210,15 +210,18 @@ def test_bad_inputs_are_refused(small):
 
 # --- The fast recipe's crop: pad-4 reflected random crop and horizontal flip ----------
 
-def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel():
-    """Each output equals numpy's pad (mode "symmetric", 4 pixels) cropped at the drawn offset,
+@pytest.mark.parametrize("pad", [None, 2])  # None: the default, 4 pixels each way (He et al. 2016)
+def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel(pad):
+    """Each output equals numpy's pad (mode "symmetric", `pad` pixels) cropped at the drawn offset,
     mirrored when the flip was drawn: recovered here from the transform matrix."""
     rng = np.random.default_rng(0)
     images = rng.normal(size=(64, 32, 32, 3)).astype(np.float32)
     seed = np.array([5, 9])
-    matrices = augment.crop_matrices(64, seed).numpy()
-    out = augment.crop_batch(images, seed).numpy()
-    pad = 4  # pixels each way, as He et al. 2016 and the fast recipe's --help say
+    if pad is None:
+        matrices, out, pad = augment.crop_matrices(64, seed).numpy(), augment.crop_batch(images, seed).numpy(), 4
+    else:
+        matrices = augment.crop_matrices(64, seed, padding=pad).numpy()
+        out = augment.crop_batch(images, seed, padding=pad).numpy()
     flips, shifts = 0, set()
     for image, result, (sign, _, offset_x, _, _, shift_y, _, _) in zip(images, out, matrices):
         flipped = sign < 0
@@ -230,13 +233,14 @@ def test_crop_is_a_symmetric_padded_random_crop_then_flip_pixel_for_pixel():
         np.testing.assert_allclose(result, padded[pad + dy:pad + dy + 32, pad + dx:pad + dx + 32], atol=1e-5)
         flips += flipped
         shifts.add((dx, dy))
-    assert 16 <= flips <= 48 and len(shifts) > 20  # both views and many offsets in 64 draws
+    assert 16 <= flips <= 48 and len(shifts) > min(20, (2 * pad + 1) ** 2 - 5)  # both views, many offsets
 
 
-def test_crop_draws_every_offset_and_flips_half_the_images():
-    matrices = augment.crop_matrices(DRAWS, np.array([1, 2])).numpy()
+@pytest.mark.parametrize("pad", [4, 2, 0])
+def test_crop_draws_every_offset_and_flips_half_the_images(pad):
+    matrices = augment.crop_matrices(DRAWS, np.array([1, 2]), padding=pad).numpy()
     shift_y = matrices[:, 5]
-    assert set(np.unique(shift_y)) == set(range(-4, 5))  # every shift of the pad-4 crop
+    assert set(np.unique(shift_y)) == set(range(-pad, pad + 1))  # every shift of the pad-`pad` crop
     assert abs(float(np.mean(matrices[:, 0] < 0)) - 0.5) < 0.02
 
 
@@ -252,6 +256,20 @@ def test_crop_dataset_keeps_labels_and_varies_by_epoch(small):
         assert np.isin(x1[index], plain[index]).all()
     with pytest.raises(ValueError, match="unknown augment 'rotate'"):
         augment.make_dataset(images, labels, stats, 8, augment="rotate", shuffle=False)
+
+
+def test_crop_dataset_shifts_by_its_crop_padding_only(small):
+    """crop_padding=0 keeps every pixel in place (flips only); only the crop takes it."""
+    images, labels, stats = small
+    x, _, _ = _epoch(augment.make_dataset(images, labels, stats, 64, augment="crop", shuffle=False, seed=2,
+                                          crop_padding=0))
+    plain = data.standardize(images, stats)
+    flipped = np.array([np.allclose(out, image[:, ::-1], atol=1e-5) for out, image in zip(x, plain)])
+    unchanged = np.array([np.allclose(out, image, atol=1e-5) for out, image in zip(x, plain)])
+    assert (flipped | unchanged).all() and 0 < flipped.sum() < len(images)
+    for bad, augment_name in ((-1, "crop"), (2.5, "crop"), (2, "paper"), (2, None)):
+        with pytest.raises(ValueError, match="crop_padding must be an integer"):
+            augment.make_dataset(images, labels, stats, 8, augment=augment_name, shuffle=False, crop_padding=bad)
 
 
 def test_cutout_zeroes_one_square_of_the_given_side_clipped_at_the_edges():

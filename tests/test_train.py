@@ -77,14 +77,26 @@ def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
 
 @pytest.mark.parametrize("model_name, options", [
     ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
-    ("alexnet", ["--recipe", "regularized", "--epochs", "1"]),  # crop, cutout and precision auto
+    ("alexnet", ["--recipe", "regularized", "--epochs", "1", "--crop-padding", "2"]),  # crop, cutout, precision auto
     ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
                           "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
 ])
-def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir, tmp_path, capsys):
+def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir, tmp_path, capsys, monkeypatch):
+    import augment
+    pipelines, make_dataset = [], augment.make_dataset
+    def spy(*args, **kwargs):
+        pipelines.append((kwargs["augment"], kwargs.get("crop_padding", augment.CROP_PADDING)))
+        return make_dataset(*args, **kwargs)
+    monkeypatch.setattr(augment, "make_dataset", spy)
     run_dir = str(tmp_path / model_name)
     assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
     config, _ = check_run_folder(run_dir, model_name, epochs=1)
+    padding = 2 if "--crop-padding" in options else 4
+    assert config["settings"]["crop_padding"] == padding
+    if config["settings"]["augmentation"] in ("crop", "fast"):  # the training pipeline, then validation's
+        transform = {"crop": "crop", "fast": "paper"}[config["settings"]["augmentation"]]
+        assert pipelines == [(transform, padding),
+                             (transform, padding) if config["settings"]["augment_validation"] else (None, 4)]
     assert config["settings"]["precision"] in ("float32", "mixed")  # "auto" is resolved before it is saved
     assert config["policy"] == {"float32": "float32", "mixed": "mixed_bfloat16"}[config["settings"]["precision"]]
     out = capsys.readouterr().out
@@ -258,6 +270,11 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     (["vgg16", "--cutout", "8"], "--cutout is not used with --augmentation idg (recipe paper); it applies to "
      "--augmentation crop or fast"),
     (["vgg16", "--recipe", "regularized", "--cutout", "33"], "cutout must be a square's side in pixels, 0 to 32"),
+    (["vgg16", "--crop-padding", "2"], "--crop-padding is not used with --augmentation idg (recipe paper); it "
+     "applies to --augmentation crop"),
+    (["vgg16", "--recipe", "short", "--augmentation", "fast", "--crop-padding", "2"],
+     "--crop-padding is not used with --augmentation fast (recipe short)"),
+    (["vgg16", "--recipe", "short", "--crop-padding", "17"], "crop padding must be a shift in pixels, 0 to 16"),
     (["vgg16", "--precision", "double"], "argument --precision: invalid choice: 'double'"),
     (["vgg16", "--classifier-lr-scale", "0"], "classifier lr scale must be > 0, received 0.0"),
     (["vgg16", "--recipe", "fast", "--lr-patience", "3"],

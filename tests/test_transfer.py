@@ -386,23 +386,41 @@ def test_plots_mark_where_fine_tuning_starts(transfer_run, tmp_path, monkeypatch
     plots.pyplot().close(captured["figure"])
 
 
-@pytest.mark.parametrize("kill_after", [1, 2, 3])  # in the head phase, between the phases, in fine-tuning
-def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, cifar_dir, weights_file, tmp_path, kill_after,
-                                                    monkeypatch):
-    run_dir, cache_dir = transfer_run
-    whole = read(run_dir, rundir.HISTORY_FILE)
-    killed = str(tmp_path / "killed")
-    script = ("import os, signal, sys, checkpoint, train\n"
+KILL_POINTS = (1, 2, 3)  # in the head phase, between the phases, in fine-tuning
+
+
+@pytest.fixture(scope="module")
+def killed_transfer_runs(transfer_run, cifar_dir, weights_file, tmp_path_factory):
+    """The run folder as SIGKILL leaves it after each epoch of KILL_POINTS, from one killed run.
+
+    The run is killed right after its last kill point's commit; after each earlier commit its
+    folder is copied. A copy taken there is what a SIGKILL at that moment leaves on disk (the
+    folder lock is the operating system's, held by no one once the process is gone), so one
+    killed run serves every kill point for the time of one.
+    """
+    _, cache_dir = transfer_run
+    killed = str(tmp_path_factory.mktemp("killed") / "run")
+    script = ("import os, shutil, signal, sys, checkpoint, train\n"
               "commit = checkpoint.RunFolderCheckpoint.commit\n"
               "def commit_then_die(self, epoch):\n"
               "    commit(self, epoch)\n"
-              f"    if epoch + 1 == {kill_after}:\n"
+              f"    if epoch + 1 == {KILL_POINTS[-1]}:\n"
               "        os.kill(os.getpid(), signal.SIGKILL)\n"
+              f"    shutil.copytree({killed!r}, {killed!r} + f'_after_{{epoch + 1}}')\n"
               "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
               "train.main(sys.argv[1:])\n")
     argv = [*transfer_argv(cifar_dir, weights_file, cache_dir), "--run-dir", killed]
     process = subprocess.run([sys.executable, "-c", script, *argv], cwd=ROOT, capture_output=True, text=True)
     assert process.returncode == -9, process.stderr[-2000:]
+    os.rename(killed, f"{killed}_after_{KILL_POINTS[-1]}")
+    return {point: f"{killed}_after_{point}" for point in KILL_POINTS}
+
+
+@pytest.mark.parametrize("kill_after", KILL_POINTS)
+def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, killed_transfer_runs, kill_after, monkeypatch):
+    run_dir, _ = transfer_run
+    whole = read(run_dir, rundir.HISTORY_FILE)
+    killed = killed_transfer_runs[kill_after]
     state = read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)
     assert state["epoch"] == kill_after and state["phase"] == (1 if kill_after < 3 else 2)
     def kernels(model):

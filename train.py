@@ -11,7 +11,8 @@ EarlyStopping on val_loss, the 45,000-image split standardized and augmented by 
 paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
 default (the paper augmented them too; --augment-validation reproduces that).
 recipes.RECIPES names other sets of defaults: `fast`, `nesterov`, `short` (the best 30-epoch
-record's settings) and `regularized` train in a tenth of the paper's epochs, `long` (the best
+record's settings) and `regularized` train in a tenth of the paper's epochs, `ten` (the best
+10-epoch record's) in a thirtieth, `long` (the best
 record's settings) in a third
 (docs/recipes.md); `transfer` gives vgg16_pretrained ImageNet's
 preprocessing, trains its head on the frozen base's features computed once

@@ -86,8 +86,8 @@ class Settings:
                                      "improvement; Keras' default, which the paper kept",
                                      when=("schedule", ("plateau",)))
     augmentation: str = _setting("idg", "idg: the paper's ImageDataGenerator (faithful, one CPU thread); "
-                                 "fast: augment.py's tf.data equivalent; crop: random 4-pixel "
-                                 "pad-and-crop and flip; none", choices=AUGMENTATIONS)
+                                 "fast: augment.py's tf.data equivalent; crop: random pad-and-crop "
+                                 "(--crop-padding pixels) and flip; none", choices=AUGMENTATIONS)
     cutout: int = _setting(0, "side in pixels of one square zeroed at a random place in each training image "
                            "after crop and flip (Cutout, DeVries & Taylor 2017); 0: none; paper: none",
                            when=("augmentation", CUTOUT_AUGMENTATIONS))

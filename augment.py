@@ -10,9 +10,10 @@ matrix convention, bilinear sampling and fill modes):
 
 - "paper": the report's ImageDataGenerator, described below;
 - "crop": random translation by up to CROP_PADDING pixels (or make_dataset's
-  `crop_padding`) with reflected edges plus a horizontal flip, the standard CIFAR-10 augmentation of fast recipes (He et al. 2016;
-  Page's ResNet-9; airbench) for `--recipe fast`. A translation by whole pixels with
-  reflected fill is pad-then-random-crop without materializing the padded image.
+  `crop_padding`) with reflected edges plus a horizontal flip, the standard CIFAR-10
+  augmentation of fast recipes (He et al. 2016; Page's ResNet-9; airbench) for `--recipe
+  fast`. A translation by whole pixels with reflected fill is pad-then-random-crop without
+  materializing the padded image.
 
 The paper (Gomez Cruz 2025, section 2.3) augments with Keras' ImageDataGenerator
 (data.PAPER_AUGMENTATION), which transforms one image at a time in Python and scipy on

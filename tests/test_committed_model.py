@@ -52,7 +52,7 @@ def test_the_committed_model_loads_and_classifies_a_photo(folder, tmp_path, caps
 
 
 @pytest.mark.parametrize("recipe, record", [("long", "vgg16_nesterov_whiten_dirac_cutout12_100ep"),
-                                            ("short", "vgg16_nesterov_whiten_dirac_cutout8_b128_30ep"),
+                                            ("short", "vgg16_short_wd5e-3_30ep"),
                                             ("ten", "vgg16_short_pad2_10ep")])
 def test_a_records_recipe_is_that_records_settings(recipe, record):
     # `--recipe long`, `short` and `ten` each claim to train exactly what a committed record

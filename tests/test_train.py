@@ -257,7 +257,8 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     regularized = recipe_line("regularized").split(", ")
     assert {"label_smoothing=0.2", "cutout=8", "precision=auto", "learning_rate=0.004"} <= set(regularized)
     short = recipe_line("short").split(", ")
-    assert {"  short: epochs=30", "batch_size=128", "optimizer=sgd", "cutout=8", "init=whiten-dirac"} <= set(short)
+    assert {"  short: epochs=30", "batch_size=128", "optimizer=sgd", "cutout=8", "init=whiten-dirac",
+            "weight_decay=0.005"} <= set(short)
     ten = recipe_line("ten").split(", ")
     assert {"  ten: epochs=10", "batch_size=128", "cutout=0", "crop_padding=2", "init=whiten-dirac"} <= set(ten)
     long = recipe_line("long").split(", ")

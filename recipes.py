@@ -225,7 +225,8 @@ RECIPES = {
         "weight_decay": 5e-3,  # kernels shrink by 5e-4 a step at the peak: at 30 epochs the run memorizes
                                # (94 % training accuracy at 2e-3); 3 seeds each: 88.49 ± 0.12 % test against
                                # 88.33 ± 0.17 %, 89.91 ± 0.11 % with TTA against 89.64 ± 0.01 %, validation
-                               # +0.8; 1e-2 no better (results/pilots/); level at 10 epochs, so ten keeps 2e-3
+                               # +0.9; 1e-2 no better (results/pilots/); ten keeps 2e-3 (5e-3 was level at
+                               # 10 epochs, batch 256, one seed: results/pilots/vgg16_nesterov_whiten_dirac_wd5e-3_10ep)
     },
     # short at a third of its epochs, with _SHORT's weight decay of 2e-3 (issue 14): exactly the
     # settings of the best 10-epoch record, results/vgg16_short_pad2_10ep (86.19 % test, 87.69 %
@@ -242,7 +243,7 @@ RECIPES = {
     # with flip-translate TTA; docs/recipes.md, "long").
     "long": {
         **_NESTEROV,
-        "epochs": 100,  # a third of the paper's 300: at 30 epochs every recipe tried settled at 88-89 %
+        "epochs": 100,  # a third of the paper's 300: at 30 epochs every recipe tried settled at 88-90 %
                         # validation (results/); at 100 this one reached 90.2 %
         "cutout": 12,  # between Page's 8x8 at 24 epochs and DeVries & Taylor's 16x16 at 200
         "init": "whiten-dirac",  # airbench's; +6.6 validation points after epoch 1 at 30 epochs

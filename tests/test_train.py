@@ -337,14 +337,18 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     killed = str(tmp_path / "killed")
     process = subprocess.Popen([sys.executable, "-c", KILL_AFTER_FIRST_COMMIT, *argv, "--run-dir", killed],
                                cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    whole = str(tmp_path / "whole")
-    assert train.main([*argv, "--run-dir", whole]) == 0
-    expected = read(whole, rundir.HISTORY_FILE)
-    config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
-    assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
-    assert config["parameters"] == 1_186_346
-
-    _, stderr = process.communicate(timeout=240)
+    try:
+        whole = str(tmp_path / "whole")
+        assert train.main([*argv, "--run-dir", whole]) == 0
+        expected = read(whole, rundir.HISTORY_FILE)
+        config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
+        assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
+        assert config["parameters"] == 1_186_346
+        _, stderr = process.communicate(timeout=240)
+    finally:  # a failed assertion or a timeout above leaves no training process behind
+        if process.poll() is None:
+            process.kill()
+            process.wait()
     assert process.returncode == -9, stderr
     assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],

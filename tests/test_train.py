@@ -262,7 +262,8 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     ten = recipe_line("ten").split(", ")
     assert {"  ten: epochs=10", "batch_size=128", "cutout=0", "crop_padding=2", "init=whiten-dirac"} <= set(ten)
     long = recipe_line("long").split(", ")
-    assert {"  long: epochs=100", "optimizer=sgd", "cutout=12", "init=whiten-dirac"} <= set(long)
+    assert {"  long: epochs=100", "batch_size=128", "weight_decay=0.005", "optimizer=sgd", "cutout=12",
+            "init=whiten-dirac"} <= set(long)
     transfer = recipe_line("transfer").split(", ")
     assert {"  transfer: epochs=10", "preprocessing=imagenet", "cache_features=True",
             "fine_tune_epochs=3"} <= set(transfer)

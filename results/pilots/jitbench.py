@@ -2,10 +2,11 @@
 
 Usage: python results/pilots/jitbench.py [mixed|float32]
 
-Trains vgg16 with `--recipe long`'s optimizer and schedule at its batch of 128 on 3,840
-random standardized images (clean tensors: no augmentation, so only the network's
-passes are timed), alternating a model compiled as train.py compiles it (Keras' "auto",
-which on a CPU means no XLA) with the same model compiled with jit_compile=True. Each
+Trains vgg16 (the builder's defaults) with `--recipe long`'s optimizer and schedule at its
+batch of 128 on 3,840 random standardized images (clean tensors: no augmentation, so only
+the network's passes are timed), alternating a model compiled with jit_compile=False (what
+Keras' "auto", train.py's, resolves to on a CPU) and the same compiled with
+jit_compile=True. Each
 model: one untimed epoch (tracing, compilation), then 3 timed epochs, printed as images/s
 and the cores the process kept busy (CPU seconds over wall seconds). Two rounds.
 """

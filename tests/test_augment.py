@@ -4,6 +4,7 @@ import pytest
 
 import augment
 import data
+import recipes
 from tests.cifar_fixtures import make_images
 
 DRAWS = 20_000  # transforms sampled for the distribution checks
@@ -332,7 +333,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
 
     def tiny_model(name, weights=None):
         # Tracing a real network costs 6-10 s a measurement here; a tiny one keeps the
-        # whole command (seven measurements) to a few seconds. test_models covers the real ones.
+        # whole command (eleven training measurements) to a few seconds. test_models covers the real ones.
         inputs = keras.Input((32, 32, 3))
         x = layers.GlobalAveragePooling2D()(layers.Conv2D(4, 3, name="conv")(Recorder()(inputs)))
         return keras.Model(inputs, layers.Dense(10, activation="softmax", dtype="float32")(x), name=name)
@@ -347,11 +348,28 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
             return fit(model, *args, **kwargs)
         finally:
             fitting.clear()
+    make_dataset = bench.augment.make_dataset
+    pipelines = []  # (augment, cutout, crop_padding) of each tf.data measurement's input pipeline
+
+    def recording_make_dataset(*args, **kwargs):
+        pipelines.append((kwargs["augment"], kwargs["cutout"], kwargs["crop_padding"]))
+        return make_dataset(*args, **kwargs)
+    compiled_model = bench._compiled_model
+    optimizers = []  # the recipe whose optimizer each measurement's model was compiled with
+
+    def recording_compiled_model(name, recipe="paper", *args, **kwargs):
+        optimizers.append(recipe)
+        return compiled_model(name, recipe, *args, **kwargs)
     monkeypatch.setattr(bench.models, "build_model", tiny_model)
     monkeypatch.setattr(keras.Model, "fit", recording_fit)
+    monkeypatch.setattr(bench.augment, "make_dataset", recording_make_dataset)
+    monkeypatch.setattr(bench, "_compiled_model", recording_compiled_model)
+    # long's crop as ten's, so a bench that ignored the recipe's crop would show here.
+    monkeypatch.setitem(recipes.RECIPES["long"], "crop_padding", 2)
     monkeypatch.setattr(bench, "SLOW_MIXED_IMAGES", 128)  # two batches of 64, when mixed is emulated
     out = tmp_path / "bench.json"
-    # 320 images: five batches of the paper's 64, a full batch of the fast recipe's 256 and a rest.
+    # 320 images: five batches of the paper's 64, a full batch of the fast recipe's 256 and a
+    # rest, two full batches of long's 128 and a rest.
     assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "320",
                        "--test-images", "64", "--repeats", "1", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
@@ -359,14 +377,24 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     training = report["training"]
     assert [(r["pipeline"], r["precision"]) for r in training] == [
         ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("crop", "float32"), ("crop", "float32"),
-        ("regularized", "float32"), ("regularized", "mixed"), ("regularized-noaug", "mixed")]
+        ("regularized", "float32"), ("regularized", "mixed"), ("regularized-noaug", "mixed"),
+        ("long", "float32"), ("long", "mixed"), ("long-noaug", "mixed")]
     assert all(0 < r["cores_used"] for r in training)
     # Each row's batch size is the one its model trained with (the largest batch it saw: the
     # last batch of an epoch may be smaller), and mixed rows trained in a 16-bit dtype.
     assert [r["batch_size"] for r in training] == [max(sizes) for sizes, _ in seen]
-    # Both batch sizes were measured (and, where bfloat16 is emulated, the mixed rows' 128 images
-    # are one batch of 128, recorded as such).
-    assert {64, 256} <= {max(sizes) for sizes, _ in seen} <= {64, 128, 256}
+    # Every recipe's batch size was measured (and, where bfloat16 is emulated, the mixed rows'
+    # 128 images are one batch of 128, recorded as such).
+    assert {64, 128, 256} == {max(sizes) for sizes, _ in seen}
+    long = recipes.recipe_settings("long")
+    assert training[-3]["batch_size"] == long.batch_size  # in float32: never the emulated cut
+    # Each recipe's row trains through that recipe's own augmentation and under its optimizer,
+    # its -noaug row through none.
+    regularized, default = recipes.recipe_settings("regularized"), augment.CROP_PADDING
+    assert pipelines == [("paper", 0, default), ("paper", 0, default), ("crop", 0, default), ("crop", 0, default),
+                         ("crop", regularized.cutout, default), ("crop", regularized.cutout, default),
+                         (None, 0, default), ("crop", long.cutout, 2), ("crop", long.cutout, 2), (None, 0, default)]
+    assert optimizers == ["paper", "paper", "paper", "fast", "fast"] + ["regularized"] * 3 + ["long"] * 3
     assert [r["precision"] == "mixed" for r in training] == [dtype != "float32" for _, dtype in seen]
     assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in training)
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]

@@ -9,10 +9,10 @@ For each model, on the same real images, it times training images/s under
 precision; then each recipe of PIPELINES as it trains (`fast`'s crop, `regularized`,
 `long`: its batch, augmentation and optimizer, in float32 and mixed precision, and on clean
 tensors for the pipeline's share); then prediction images/s over the test set. Each
-measurement is a fresh model trained for one warm-up epoch (graph tracing, oneDNN kernel selection; not counted) and
-`--repeats` timed epochs of `--images` images; the table gives medians and the ratio to
-(a), and the JSON file every run, the device and the versions (airbench's way: warm-up
-excluded, hardware named).
+measurement is a fresh model trained for one warm-up epoch (graph tracing, oneDNN kernel
+selection; not counted) and `--repeats` timed epochs of `--images` images; the table gives
+medians and the ratio to (a), and the JSON file every run, the device and the versions
+(airbench's way: warm-up excluded, hardware named).
 """
 import argparse
 import dataclasses

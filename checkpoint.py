@@ -132,7 +132,7 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
     per-step schedule resumes at its step) and, with --ema-momentum, the weights' average
     beside it (epoch_NNNN.average.npz); checkpoint/state.json, the commit (counters,
     history, seconds); model.keras if this epoch is the best by val_loss (plateau) or
-    every epoch (cosine: the last is the model; with an average, the average); history.json;
+    every epoch (cosine, linear: the last is the model; with an average, the average); history.json;
     then the previous epoch's checkpoint is deleted. Every write is atomic, so a kill at any point leaves the last
     committed epoch whole. After the first epoch of a session it logs the pace and what
     the run's remaining epochs will take.

@@ -187,6 +187,33 @@ def build_vgg16_pretrained(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, wei
 CLASSIFIER = "predictions"  # every builder's last layer: the softmax classifier
 
 
+@keras.saving.register_keras_serializable(package="cifar10")
+class OneCycle(keras.optimizers.schedules.LearningRateSchedule):
+    """A learning-rate triangle: from 0 up to `peak` over `warmup_steps`, then down to `final`
+    at `total_steps`, both in straight lines; past total_steps it stays at `final`.
+
+    The one-cycle shape of Page's ResNet-9 and airbench (Keras' own warm-up comes with a
+    cosine or nothing); Li et al. 2020 ("Budgeted training") found a linear decay to zero
+    the best of the usual schedules when the epochs are few. Here, not in recipes.py, as the
+    optimizers below: a model.keras compiled with it must load wherever models.py is imported.
+    """
+
+    def __init__(self, peak, warmup_steps, total_steps, final=0.0):
+        self.peak, self.warmup_steps, self.total_steps, self.final = peak, warmup_steps, total_steps, final
+
+    def __call__(self, step):
+        step = keras.ops.cast(step, "float32")
+        rising = self.peak * step / max(self.warmup_steps, 1)
+        decay_steps = max(self.total_steps - self.warmup_steps, 1)
+        progress = keras.ops.minimum((step - self.warmup_steps) / decay_steps, 1.0)
+        falling = self.peak + (self.final - self.peak) * progress
+        return keras.ops.where(step < self.warmup_steps, rising, falling)
+
+    def get_config(self):
+        return {"peak": self.peak, "warmup_steps": self.warmup_steps, "total_steps": self.total_steps,
+                "final": self.final}
+
+
 def _classifier_scaled(base):
     """`base` (a Keras optimizer class) with the classifier's learning rate multiplied by
     classifier_lr_scale, registered so that a model.keras compiled with it loads again."""

@@ -83,7 +83,7 @@ def run_label(run_dir):
 
 
 def run_schedule(run_dir):
-    """The run's learning-rate schedule from config.json: "plateau" (cuts) or "cosine" (continuous)."""
+    """The run's learning-rate schedule from config.json: "plateau" (cuts), "cosine" or "linear" (continuous)."""
     path = os.path.join(run_dir, rundir.CONFIG_FILE)
     if not os.path.isfile(path):
         return "plateau"
@@ -117,7 +117,7 @@ def plot_curves(runs, metric, path):
 
     `runs` is a list of (label, history, schedule); `metric` is "accuracy" (shown in %)
     or "loss". A "plateau" run's learning-rate cuts are dotted vertical lines; a run on
-    a continuous schedule ("cosine") changes its rate every step, so its learning rate
+    a continuous schedule ("cosine", "linear") changes its rate every step, so its learning rate
     per epoch is drawn instead (dash-dot, on a right-hand axis). Where fine-tuning starts
     (history's phase 2), a solid vertical line.
     """

@@ -27,7 +27,8 @@ AUGMENTATIONS = ("idg", "fast", "crop", "none")
 PRECISIONS = ("float32", "mixed", "auto")
 STRATEGIES = ("none", "mirrored", "multiworker")
 OPTIMIZERS = ("adam", "sgd")
-SCHEDULES = ("plateau", "cosine")
+SCHEDULES = ("plateau", "cosine", "linear")
+CONTINUOUS_SCHEDULES = ("cosine", "linear")  # per-step rates sized from --epochs: no cuts, no early stop
 CUTOUT_AUGMENTATIONS = ("crop", "fast")  # the tf.data pipelines, which apply --cutout
 
 
@@ -54,7 +55,7 @@ class Settings:
     batch_size: int = _setting(64, "images per step, the global batch across devices; paper: 64")
     optimizer: str = _setting("adam", "adam: Adam; sgd: SGD with Nesterov momentum; paper: adam",
                               choices=OPTIMIZERS)
-    learning_rate: float = _setting(5e-4, "the optimizer's initial step size (the cosine schedule's peak); "
+    learning_rate: float = _setting(5e-4, "the optimizer's initial step size (a cosine or linear schedule's peak); "
                                     "paper: 5e-4")
     momentum: float = _setting(0.9, "SGD's Nesterov momentum", when=("optimizer", ("sgd",)))
     weight_decay: float = _setting(0.0, "decoupled weight decay: each step multiplies the conv and dense "
@@ -68,9 +69,11 @@ class Settings:
     schedule: str = _setting("plateau", "plateau: ReduceLROnPlateau and EarlyStopping on val_loss, "
                              "model.keras the best epoch (paper); cosine: per-step linear warm-up then "
                              "cosine decay to min_lr at the last epoch, no cuts, no early stop, "
-                             "model.keras the last epoch", choices=SCHEDULES)
-    warmup_fraction: float = _setting(0.0, "cosine: the share of the run's steps spent rising linearly from "
-                                      "0 to learning_rate", when=("schedule", ("cosine",)))
+                             "model.keras the last epoch; linear: the same with a straight-line decay "
+                             "(one-cycle: Page's ResNet-9, airbench; Li et al. 2020's budgeted "
+                             "training)", choices=SCHEDULES)
+    warmup_fraction: float = _setting(0.0, "cosine, linear: the share of the run's steps spent rising "
+                                      "linearly from 0 to learning_rate", when=("schedule", CONTINUOUS_SCHEDULES))
     lr_factor: float = _setting(0.5, "ReduceLROnPlateau multiplies the learning rate by this; paper: 0.5",
                                 when=("schedule", ("plateau",)))
     lr_patience: int = _setting(10, "epochs without val_loss improvement before the learning rate is cut; "
@@ -105,9 +108,9 @@ class Settings:
                                    "average = m * average + (1 - m) * weights, m warming up as "
                                    "min(this, (1 + n) / (10 + n)) at the n-th update "
                                    "(tf.train.ExponentialMovingAverage's); 0: none; paper: none",
-                                   when=("schedule", ("cosine",)))
+                                   when=("schedule", CONTINUOUS_SCHEDULES))
     ema_every: int = _setting(5, "steps between two updates of the weights' average (--ema-momentum)",
-                              when=("schedule", ("cosine",)))
+                              when=("schedule", CONTINUOUS_SCHEDULES))
     init: str = _setting("keras", "the convolutions' initial kernels: keras: Glorot uniform, Keras' default "
                          "(paper); whiten: the first convolution whitens the training images' patches; "
                          "dirac: each later convolution starts as the identity on its first in-channels "
@@ -355,10 +358,10 @@ def check_settings(model_name, settings):
         raise UserError(f"ema momentum must lie in [0, 1), received {s.ema_momentum!r}")
     if not isinstance(s.ema_every, int) or s.ema_every < 1:
         raise UserError(f"ema every must be an integer >= 1, received {s.ema_every!r}")
-    if s.ema_momentum and s.schedule != "cosine":
+    if s.ema_momentum and s.schedule not in CONTINUOUS_SCHEDULES:
         # The command line refuses the flag there already (its `when`); this guards train.train()'s callers.
         # EarlyStopping's best weights and ReduceLROnPlateau would watch the trained weights, not the average.
-        raise UserError(f"--ema-momentum needs --schedule cosine, not {s.schedule}")
+        raise UserError(f"--ema-momentum needs --schedule {' or '.join(CONTINUOUS_SCHEDULES)}, not {s.schedule}")
     if s.ema_momentum and (model_name == "vgg16_pretrained" or s.distribute != "none"):
         raise UserError("--ema-momentum applies to vgg16 and alexnet trained on one device (--distribute none)")
     if s.ema_momentum and s.steps_per_execution != 1:
@@ -368,8 +371,8 @@ def check_settings(model_name, settings):
     if s.init != "keras" and model_name == "vgg16_pretrained":
         raise UserError(f"--init {s.init} applies to the models trained from scratch (vgg16, alexnet), "
                         "not vgg16_pretrained")
-    if s.schedule == "cosine" and s.min_lr > s.learning_rate:
-        raise UserError(f"min lr {s.min_lr!r} is above the learning rate {s.learning_rate!r}; the cosine "
+    if s.schedule in CONTINUOUS_SCHEDULES and s.min_lr > s.learning_rate:
+        raise UserError(f"min lr {s.min_lr!r} is above the learning rate {s.learning_rate!r}; the {s.schedule} "
                         "schedule decays from the learning rate down to min lr")
     if s.tensorboard and importlib.util.find_spec("tensorboard") is None:
         raise UserError("--tensorboard needs the tensorboard package (python -m pip install tensorboard)")
@@ -450,13 +453,16 @@ def make_optimizer(settings, steps_per_epoch):
     plateau: a constant learning rate that ReduceLROnPlateau may cut. cosine: Keras'
     CosineDecay, stepped every batch: linear warm-up from 0 over warmup_fraction of the
     run's steps (sized from epochs and steps_per_epoch), then a cosine down to min_lr at
-    the last step. The schedule reads the optimizer's step counter, which the checkpoint
+    the last step. linear: the same warm-up, then a straight line down to min_lr
+    (models.OneCycle). The schedule reads the optimizer's step counter, which the checkpoint
     saves, so a resumed run continues the same curve.
     """
     learning_rate = settings.learning_rate
-    if settings.schedule == "cosine":
-        total_steps = settings.epochs * steps_per_epoch
-        warmup_steps = int(round(settings.warmup_fraction * total_steps))
+    total_steps = settings.epochs * steps_per_epoch
+    warmup_steps = int(round(settings.warmup_fraction * total_steps))
+    if settings.schedule == "linear":
+        learning_rate = models.OneCycle(settings.learning_rate, warmup_steps, total_steps, settings.min_lr)
+    elif settings.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup_steps else settings.learning_rate,
             decay_steps=max(total_steps - warmup_steps, 1),

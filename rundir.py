@@ -2,7 +2,7 @@
 
 A run folder (default `runs/<model>/`) is self-sufficient:
 
-    model.keras    the best model by val_loss (or, on a cosine schedule, the last epoch),
+    model.keras    the best model by val_loss (or, on a cosine or linear schedule, the last epoch),
                    loadable by keras.saving.load_model alone (with ImageNet preprocessing
                    inside, once models.py is imported: load_model below does it)
     stats.json     the standardization statistics the model was trained with

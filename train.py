@@ -348,7 +348,7 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                        split, stats, seed, steps_per_epoch, strategy, write_dir, train_seconds,
                                        verbose, log)
             best_epoch = len(history["epoch"])
-        else:  # model.keras holds EarlyStopping's best epoch, or (cosine) the last one.
+        else:  # model.keras holds EarlyStopping's best epoch, or (cosine, linear) the last one.
             best_epoch = (callback_state["early_stopping"]["best_epoch"] + 1
                           if "early_stopping" in callback_state else len(history["epoch"]))
         config.update({"finished": now(), "train_seconds": train_seconds,
@@ -477,7 +477,7 @@ def build_parser():
     parser = rundir.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
         description="Train one of the report's networks with its protocol (Gomez Cruz 2025) into a "
-        "run folder: model.keras (best by val_loss, or the last epoch on a cosine schedule), stats.json, "
+        "run folder: model.keras (best by val_loss, or the last epoch on a cosine or linear schedule), stats.json, "
         "config.json, history.json.",
         epilog="Validation is on clean images by default; the paper augmented them too "
         "(--augment-validation).\n--limit N keeps the first N images of the 45,000-image training "

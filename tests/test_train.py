@@ -316,18 +316,41 @@ def test_a_cpu_is_named_with_its_vector_extension(monkeypatch):
     assert rundir.device_description() == f"CPU (AMD EPYC, {os.cpu_count()} cores, AVX2)"
 
 
-def test_the_cosine_schedule_warms_up_then_decays_to_min_lr():
+@pytest.mark.parametrize("schedule", recipes.CONTINUOUS_SCHEDULES)
+def test_a_continuous_schedule_warms_up_then_decays_to_min_lr(schedule):
     settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
-                                         learning_rate=0.1, min_lr=0.001)
-    schedule = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
-    rates = [float(schedule(step)) for step in range(41)]
+                                   learning_rate=0.1, min_lr=0.001, schedule=schedule)
+    schedule_of = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
+    rates = [float(schedule_of(step)) for step in range(43)]
     assert rates[0] == 0 and rates[5] == pytest.approx(0.05) and rates[10] == pytest.approx(0.1)
     assert all(a > b for a, b in zip(rates[10:40], rates[11:41]))  # decays every step after warm-up
-    assert rates[40] == pytest.approx(0.001)
+    assert rates[40] == pytest.approx(0.001, rel=1e-5) and rates[42] == pytest.approx(0.001, rel=1e-5)
+    assert rates[25] == pytest.approx((0.1 + 0.001) / 2, rel=1e-5)  # both halfway down at the decay's middle
+    # A sixth of the decay from either end: a straight line is a sixth of the way down (up); a
+    # cosine lingers near the peak first and near min_lr last.
+    early, late = 0.1 - (0.1 - 0.001) / 6, 0.001 + (0.1 - 0.001) / 6
+    if schedule == "linear":
+        assert rates[15] == pytest.approx(early, rel=1e-5) and rates[35] == pytest.approx(late, rel=1e-5)
+    else:
+        assert rates[15] > early + 0.005 and rates[35] < late - 0.005
 
 
-# nesterov: its classifier-scaled SGD (momentum slots), precision auto, and Cutout, all across a kill.
-@pytest.mark.parametrize("recipe, options", [("fast", []), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac"])])
+def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
+    settings = dataclasses.replace(recipes.recipe_settings("nesterov"), schedule="linear", epochs=3)
+    model = models.build_model("alexnet")
+    recipes.compile_model(model, settings, steps_per_epoch=7)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    rundir.save_model(model, str(run_dir / rundir.MODEL_FILE))
+    schedule = models.load_model(str(run_dir)).optimizer._learning_rate
+    assert isinstance(schedule, models.OneCycle)
+    assert (schedule.peak, schedule.warmup_steps, schedule.total_steps, schedule.final) == (0.1, 3, 21, 0.0)
+
+
+# nesterov: its classifier-scaled SGD (momentum slots), precision auto, Cutout and the linear schedule
+# (models.OneCycle, rebuilt from the settings), all across a kill.
+@pytest.mark.parametrize("recipe, options", [
+    ("fast", []), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac", "--schedule", "linear"])])
 def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
     """A 2-epoch --recipe fast (or nesterov) run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""

@@ -461,7 +461,8 @@ def set_precision(precision, on_gpu=False):
 def load_model(run_dir):
     """Load a run folder's model.keras; a missing or broken file is a UserError naming it.
 
-    Here, not in rundir.py: the custom layers a model.keras may hold (ImageNetPreprocessing)
+    Here, not in rundir.py: the custom objects a model.keras may name (the
+    ImageNetPreprocessing layer, the ClassifierScaled optimizers, the OneCycle schedule)
     are registered by this module, and rundir.py imports no module of ours.
     """
     path = os.path.join(run_dir, rundir.MODEL_FILE)

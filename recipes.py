@@ -79,7 +79,7 @@ class Settings:
     lr_patience: int = _setting(10, "epochs without val_loss improvement before the learning rate is cut; "
                                 "paper: 10", when=("schedule", ("plateau",)))
     min_lr: float = _setting(1e-5, "floor of the learning rate (plateau) or its value at the last step "
-                             "(cosine); paper: 1e-5")
+                             "(cosine, linear); paper: 1e-5")
     lr_min_delta: float = _setting(1e-4, "smallest val_loss decrease ReduceLROnPlateau counts as an "
                                    "improvement; Keras' default, which the paper kept",
                                    when=("schedule", ("plateau",)))
@@ -495,7 +495,7 @@ def compile_model(model, settings, steps_per_epoch):
 
 
 def make_callbacks(settings):
-    """The schedule's watchers, in the order RunFolderCheckpoint expects: {} for cosine."""
+    """The schedule's watchers, in the order RunFolderCheckpoint expects: {} for cosine and linear."""
     if settings.schedule != "plateau":
         return {}
     return {"reduce_lr": keras.callbacks.ReduceLROnPlateau(

@@ -3,8 +3,9 @@
 A run folder (default `runs/<model>/`) is self-sufficient:
 
     model.keras    the best model by val_loss (or, on a cosine or linear schedule, the last epoch),
-                   loadable by keras.saving.load_model alone (with ImageNet preprocessing
-                   inside, once models.py is imported: load_model below does it)
+                   loadable by keras.saving.load_model once models.py is imported (it
+                   registers the ImageNet preprocessing layer, the classifier-scaled
+                   optimizers and the linear schedule a model.keras may name)
     stats.json     the standardization statistics the model was trained with
     config.json    every resolved setting, data source, versions, device
     history.json   per-epoch metrics, learning rate and seconds

@@ -243,6 +243,17 @@ def test_a_recipe_sets_the_defaults_and_flags_override_them(monkeypatch):
     assert (paper.schedule, paper.batch_size, paper.learning_rate) == ("plateau", 64, 5e-4)
 
 
+def test_the_linear_schedule_takes_the_continuous_schedules_flags(monkeypatch):
+    seen = []
+    monkeypatch.setattr(train, "train", lambda model, settings, *args, **kwargs: seen.append(settings))
+    assert train.main(["vgg16", "--recipe", "short", "--schedule", "linear", "--warmup-fraction", "0.2",
+                       "--ema-momentum", "0.99", "--ema-every", "3"]) == 0
+    [settings] = seen
+    assert (settings.schedule, settings.warmup_fraction, settings.ema_momentum, settings.ema_every) == (
+        "linear", 0.2, 0.99, 3)
+    recipes.check_settings("vgg16", settings)  # accepted: EMA needs a continuous schedule, and this is one
+
+
 def test_help_lists_every_recipe_and_what_it_sets(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
@@ -284,6 +295,10 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     (["vgg16", "--recipe", "fast", "--lr-patience", "3"],
      "--lr-patience is not used with --schedule cosine (recipe fast); it applies to --schedule plateau"),
     (["vgg16", "--warmup-fraction", "0.1"], "--warmup-fraction is not used with --schedule plateau"),
+    (["vgg16", "--recipe", "short", "--schedule", "linear", "--lr-patience", "3"],
+     "--lr-patience is not used with --schedule linear (recipe short); it applies to --schedule plateau"),
+    (["vgg16", "--recipe", "short", "--schedule", "linear", "--min-lr", "0.5"],
+     "min lr 0.5 is above the learning rate 0.1; the linear schedule decays"),
     (["vgg16", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe paper)"),
     (["vgg16", "--recipe", "fast", "--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
     (["vgg16", "--recipe", "fast", "--dropout-scale", "2"], "makes a dropout rate of 1"),
@@ -316,8 +331,9 @@ def test_a_cpu_is_named_with_its_vector_extension(monkeypatch):
     assert rundir.device_description() == f"CPU (AMD EPYC, {os.cpu_count()} cores, AVX2)"
 
 
-@pytest.mark.parametrize("schedule", recipes.CONTINUOUS_SCHEDULES)
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_a_continuous_schedule_warms_up_then_decays_to_min_lr(schedule):
+    assert schedule in recipes.CONTINUOUS_SCHEDULES  # what lets --warmup-fraction and --ema-momentum apply
     settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
                                    learning_rate=0.1, min_lr=0.001, schedule=schedule)
     schedule_of = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
@@ -347,10 +363,10 @@ def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
     assert (schedule.peak, schedule.warmup_steps, schedule.total_steps, schedule.final) == (0.1, 3, 21, 0.0)
 
 
-# nesterov: its classifier-scaled SGD (momentum slots), precision auto, Cutout and the linear schedule
-# (models.OneCycle, rebuilt from the settings), all across a kill.
+# fast on the linear schedule (models.OneCycle) with Adam; nesterov on its cosine with its
+# classifier-scaled SGD (momentum slots), precision auto and Cutout, as short, ten and long: all across a kill.
 @pytest.mark.parametrize("recipe, options", [
-    ("fast", []), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac", "--schedule", "linear"])])
+    ("fast", ["--schedule", "linear"]), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac"])])
 def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
     """A 2-epoch --recipe fast (or nesterov) run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
@@ -386,6 +402,9 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
     assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES[recipe]["learning_rate"]  # past the warm-up, not back at 0
+    # The rate epoch 2 started at is the run's own schedule (cosine or linear) at step 4 of 8: 128 images, batch 32.
+    schedule = recipes.make_optimizer(recipes.load_settings(killed), steps_per_epoch=4)._learning_rate
+    assert resumed["learning_rate"][1] == pytest.approx(float(schedule(4)), rel=1e-6)
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
     assert read(killed, rundir.CONFIG_FILE)["settings"] == config["settings"]  # precision included, as resolved
     assert read(killed, rundir.CONFIG_FILE)["settings"]["precision"] == saved_precision

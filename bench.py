@@ -1,18 +1,19 @@
-"""Training and prediction throughput: the paper's input pipeline against the fast one.
+"""Training and prediction throughput, against TensorFlow's own bfloat16 matmul peak.
 
-    python bench.py --data-dir /data/cifar10                  # vgg16 and alexnet, about 10 min on 2 busy CPU cores
+    python bench.py --data-dir /data/cifar10 --models vgg16 --pipelines short,short-noaug --no-predict
     python bench.py --models vgg16 --images 2560 --repeats 3 --out bench.json
 
 For each model, on the same real images, it times training images/s under
 (a) the paper's pipeline exactly: data.paper_generator().flow(...) + model.fit, float32;
-(b) the fast pipeline (augment.make_dataset) in float32; (c) the fast pipeline in mixed
-precision; then each recipe of PIPELINES as it trains (`fast`'s crop, `regularized`,
-`long`: its batch, augmentation and optimizer, in float32 and mixed precision, and on clean
-tensors for the pipeline's share); then prediction images/s over the test set. Each
-measurement is a fresh model trained for one warm-up epoch (graph tracing, oneDNN kernel
-selection; not counted) and `--repeats` timed epochs of `--images` images; the table gives
-medians and the ratio to (a), and the JSON file every run, the device and the versions
-(airbench's way: warm-up excluded, hardware named).
+(b) the same augmentation as a tf.data map (augment.make_dataset), float32 and mixed
+precision; then each recipe of PIPELINES as it trains (its batch, crop, flip, Cutout and
+optimizer) and on clean tensors, for the pipeline's share; then prediction images/s over
+the test set. Each training row gives its share of the bfloat16 matmul peak measured in
+the same process (images/s x training_gflop / peak) and the cores the process kept busy
+(a shared host may leave it less than all of them). Each measurement is a fresh model
+trained for one warm-up epoch (graph tracing, oneDNN kernel selection; not counted) and
+`--repeats` timed epochs of `--images` images; the JSON file keeps every run, the device
+and the versions (airbench's way: warm-up excluded, hardware named).
 """
 import argparse
 import dataclasses
@@ -45,32 +46,24 @@ STEPS_PER_EXECUTION = 1  # train steps a graph call; 8 measured no faster here (
 SLOW_MIXED_IMAGES = 320
 DEFAULT_OUT = "bench.json"
 
-FAST_BATCH_SIZE = recipes.RECIPES["fast"]["batch_size"]  # the fast recipe's batch, from its declaration
-REGULARIZED_BATCH_SIZE = recipes.RECIPES["regularized"]["batch_size"]
-LONG_BATCH_SIZE = recipes.RECIPES["long"]["batch_size"]
-PIPELINES = (  # (name, precision, batch size), in the order measured; the first is the baseline
-    ("paper", "float32", BATCH_SIZE),
-    ("fast", "float32", BATCH_SIZE),
+PIPELINES = (  # (name, precision, batch size or None for the recipe's own), in the order measured
+    ("paper", "float32", BATCH_SIZE),  # the report's ImageDataGenerator and Adam: the baseline
+    ("fast", "float32", BATCH_SIZE),  # the same augmentation as a parallel tf.data map
     ("fast", "mixed", BATCH_SIZE),
-    # --recipe fast's input pipeline and optimizer, at the paper's batch and at its own.
-    ("crop", "float32", BATCH_SIZE),
-    ("crop", "float32", FAST_BATCH_SIZE),
-    # --recipe regularized as it trains (crop, flip and Cutout in tf.data; its optimizer and
-    # batch) in both precisions, then the same on clean tensors with no augmentation map:
-    # the difference is the input pipeline's share of an epoch.
-    ("regularized", "float32", REGULARIZED_BATCH_SIZE),
-    ("regularized", "mixed", REGULARIZED_BATCH_SIZE),
-    ("regularized-noaug", "mixed", REGULARIZED_BATCH_SIZE),
-    # --recipe long, the best records' recipe, as it trains, likewise; short and ten cost the
-    # same a step (the same network, batch 128 and Nesterov SGD; other Cutout, crop, decay).
-    ("long", "float32", LONG_BATCH_SIZE),
-    ("long", "mixed", LONG_BATCH_SIZE),
-    ("long-noaug", "mixed", LONG_BATCH_SIZE),
+    # Each recipe as it trains (its batch, crop, flip and Cutout, its optimizer), then the same
+    # on clean tensors with no augmentation map: the difference is the input pipeline's share.
+    ("short", "mixed", None),
+    ("short-noaug", "mixed", None),
+    ("long", "float32", None),
+    ("long", "mixed", None),
+    ("long-noaug", "mixed", None),
 )
 # The recipe whose optimizer (and, but for "fast" and the "-noaug" rows, input pipeline) each
 # tf.data measurement uses; "fast" is the report's own augmentation in tf.data, under its Adam.
-RECIPE_OF_PIPELINE = {"fast": "paper", "crop": "fast", "regularized": "regularized",
-                      "regularized-noaug": "regularized", "long": "long", "long-noaug": "long"}
+RECIPE_OF_PIPELINE = {"fast": "paper", "short": "short", "short-noaug": "short", "long": "long",
+                      "long-noaug": "long"}
+PEAK_SIZE = 2048  # the yardstick: tf.linalg.matmul of two PEAK_SIZE x PEAK_SIZE bfloat16 tensors
+PEAK_REPEATS = 20  # timed products, after 5 untimed
 PIPELINE_NAMES = tuple(dict.fromkeys(name for name, _, _ in PIPELINES))
 PREDICT_PRECISIONS = ("float32", "mixed")
 
@@ -92,10 +85,38 @@ class _EpochTimer(keras.callbacks.Callback):
         self.cpu_seconds.append(time.process_time() - self._cpu_start)
 
 
+def matmul_peak(size=PEAK_SIZE, repeats=PEAK_REPEATS):
+    """TensorFlow's bfloat16 matmul rate on this machine, now: median GFLOP/s of `repeats` products."""
+    import tensorflow as tf
+    a, b = (tf.random.normal([size, size], dtype=tf.bfloat16, seed=seed) for seed in (1, 2))
+    for _ in range(5):
+        tf.linalg.matmul(a, b).numpy()  # warm-up: thread pools and oneDNN's kernel choice
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        tf.linalg.matmul(a, b).numpy()
+        rates.append(2 * size**3 / (time.perf_counter() - start) / 1e9)
+    return statistics.median(rates)
+
+
+def training_gflop(model):
+    """GFLOP of one training image: 3x the forward multiply-adds of the convolutions and dense
+    layers (the backward pass computes two products per forward one), 2 FLOP each."""
+    flop = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            kernel_h, kernel_w, channels_in, channels_out = layer.kernel.shape
+            _, height, width, _ = layer.output.shape
+            flop += 2 * height * width * kernel_h * kernel_w * channels_in * channels_out
+        elif isinstance(layer, keras.layers.Dense):
+            flop += 2 * math.prod(layer.kernel.shape)
+    return 3 * flop / 1e9
+
+
 def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
     """A fresh model compiled as train.py compiles `recipe` (its optimizer, schedule and loss)."""
     model = models.build_model(name, weights=None)
-    settings = dataclasses.replace(recipes.recipe_settings(recipe), steps_per_execution=steps_per_execution)
+    settings = dataclasses.replace(recipes.recipe_settings(recipe, name), steps_per_execution=steps_per_execution)
     recipes.compile_model(model, settings, steps_per_epoch)
     return model
 
@@ -107,10 +128,9 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
     Args:
         name: a models.MODELS key.
         pipeline: "paper" (ImageDataGenerator.flow + model.fit, as the report ran it),
-            "fast" (augment.make_dataset, the same transforms), "crop" (--recipe fast:
-            the pad-and-crop pipeline and the recipe's optimizer), "regularized" or "long"
-            (that recipe's crop, flip and Cutout and its optimizer), or "regularized-noaug"
-            or "long-noaug" (the same optimizer on clean standardized images: no
+            "fast" (augment.make_dataset, the same transforms), "short" or "long" (that
+            recipe's crop, flip and Cutout and its optimizer), or "short-noaug" or
+            "long-noaug" (the same optimizer on clean standardized images: no
             augmentation in the pipeline).
         precision: "float32" or "mixed"; the global policy is set for this
             measurement only and put back to float32 afterwards.
@@ -133,7 +153,7 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
         elif pipeline in RECIPE_OF_PIPELINE:
             recipe = RECIPE_OF_PIPELINE[pipeline]
             model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
-            settings = recipes.recipe_settings(recipe)
+            settings = recipes.recipe_settings(recipe, name)
             if pipeline == "fast":
                 augmentation, cutout = "paper", 0
             elif pipeline.endswith("-noaug"):
@@ -183,7 +203,7 @@ def _on_gpu():
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-TRANSFER_IMAGES = 640  # issue 9: the subset vgg16_pretrained's ways of training are timed on
+TRANSFER_IMAGES = 640  # the subset vgg16_pretrained's ways of training are timed on
 FULL_SPLIT = {"train": 45_000, "valid": 5_000}  # the paper's split, for the extrapolated figures
 
 
@@ -204,7 +224,7 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
 
     count, batch_size = len(x_train), BATCH_SIZE
     steps = math.ceil(count / batch_size)
-    transfer = recipes.recipe_settings("transfer")
+    transfer = recipes.recipe_settings("transfer", "vgg16_pretrained")
     pixels = dict(stats, input=data.PIXEL_INPUT)
 
     def timed_fit(model, inputs):
@@ -262,7 +282,7 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
 
 
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print,
-              pipelines=PIPELINE_NAMES, predict=True):
+              pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION):
     """Every measurement for every model (training: the PIPELINES named in `pipelines`);
     returns the report as a JSON-ready dict."""
     cpu, bf16 = rundir.cpu_description()
@@ -271,32 +291,39 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
 
     def images_for(precision, count):
         return min(count, SLOW_MIXED_IMAGES) if precision == "mixed" and slow_mixed else count
+    peak = matmul_peak()
+    log(f"bfloat16 matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, median): {peak:.0f} GFLOP/s")
     report = {
-        "device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16,
+        "device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16, "matmul_peak_gflops": peak,
         "settings": {"models": list(model_names), "pipelines": list(pipelines), "predict": predict,
                      "train_images": len(x_train), "test_images": len(x_test),
-                     "repeats": repeats, "batch_size": BATCH_SIZE, "predict_batch_size": PREDICT_BATCH_SIZE,
-                     "steps_per_execution": STEPS_PER_EXECUTION},
+                     "repeats": repeats, "predict_batch_size": PREDICT_BATCH_SIZE,
+                     "steps_per_execution": steps_per_execution},
         "versions": _versions(), "training": [], "prediction": [],
     }
     for name in model_names:
         baseline = None
+        gflop = training_gflop(models.build_model(name, weights=None))
         for pipeline, precision, batch_size in PIPELINES:
-            if pipeline not in pipelines:
+            recipe = RECIPE_OF_PIPELINE.get(pipeline, "paper")
+            if pipeline not in pipelines or name not in recipes.RECIPES[recipe]:
                 continue
+            batch_size = batch_size or recipes.recipe_settings(recipe, name).batch_size
             count = images_for(precision, len(x_train))
             rates, cores = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats,
-                                            repeats, batch_size=batch_size)
+                                            repeats, batch_size=batch_size, steps_per_execution=steps_per_execution)
             median = statistics.median(rates)
             baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
             batch_size = min(batch_size, count)  # the batch it trained with: fewer images make one smaller
+            share = median * gflop / peak
             report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
                                        "batch_size": batch_size, "images_per_second": median,
                                        "ratio_to_first": median / baseline, "cores_used": cores,
+                                       "gflop_per_image": gflop, "share_of_peak": share,
                                        "images": count, "runs": rates})
-            log(f"{name:<17} train    {pipeline:<17} {precision:<8} batch {batch_size:<4} {median:8.0f} images/s  "
-                f"{median / baseline:5.2f}x the first row, {cores:.2f} cores (runs: "
-                f"{', '.join(f'{rate:.0f}' for rate in rates)})"
+            log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {batch_size:<4} {median:6.0f} images/s  "
+                f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak, {cores:.2f} cores "
+                f"(runs: {', '.join(f'{rate:.0f}' for rate in rates)})"
                 + (f"  ({count} images)" if count < len(x_train) else ""))
         for precision in PREDICT_PRECISIONS if predict else ():
             count = images_for(precision, len(x_test))
@@ -308,6 +335,7 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
             log(f"{name:<17} predict         {precision:<8} {median:8.0f} images/s  "
                 f"{seconds:6.2f} s for {len(x_test):,} test images" + (f"  (timed on {count})" if count < len(x_test) else ""))
     report["slow_mixed"] = slow_mixed
+    report["matmul_peak_gflops_after"] = matmul_peak()  # the host's pace can change during a bench
     return report
 
 
@@ -344,8 +372,9 @@ def _log(line):
 @rundir.one_line_errors("bench.py")
 def main(argv=None):
     parser = rundir.ArgumentParser(
-        prog="bench.py", description="Time training (paper's ImageDataGenerator vs the fast tf.data "
-        "pipeline, float32 vs mixed precision) and test-set prediction for each model.")
+        prog="bench.py", description="Time training (the paper's ImageDataGenerator, the tf.data "
+        "pipelines, each recipe as it trains and without augmentation; float32 and mixed precision) against "
+        "TensorFlow's bfloat16 matmul peak measured in the same process, and test-set prediction, for each model.")
     data.add_data_dir_argument(parser)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(models.MODELS)} (default: %(default)s)")
@@ -359,8 +388,9 @@ def main(argv=None):
     parser.add_argument("--out", default=DEFAULT_OUT, help="JSON report to write (default: %(default)s)")
     parser.add_argument("--pipelines", default=",".join(PIPELINE_NAMES),
                         help="training measurements to make, comma-separated (default: all, %(default)s); "
-                        "regularized-noaug and long-noaug are those recipes with no augmentation, for the "
-                        "pipeline's share")
+                        "the -noaug ones are those recipes with no augmentation, for the pipeline's share")
+    parser.add_argument("--steps-per-execution", type=_positive, default=STEPS_PER_EXECUTION,
+                        help="training steps a compiled call (default: %(default)s)")
     parser.add_argument("--no-predict", action="store_true", help="time training only, not prediction")
     parser.add_argument("--transfer", action="store_true", help="instead, time vgg16_pretrained's ways to "
                         "train on --images images (default here 640): a frozen-base epoch the report's way, "
@@ -387,7 +417,7 @@ def main(argv=None):
           f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
     start = time.perf_counter()
     report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log, pipelines=pipelines,
-                       predict=not args.no_predict)
+                       predict=not args.no_predict, steps_per_execution=args.steps_per_execution)
     report["data_source"] = os.path.basename(data.describe_source(args.data_dir))  # a name, not this machine's path
     report["seconds"] = time.perf_counter() - start
     rundir.write_json(args.out, report)

@@ -1,14 +1,14 @@
 """What a run trains with: every setting declared once, the named recipes, their checks, and the
 builders of the optimizer, its schedule, the loss and the callbacks.
 
-    settings = recipes.recipe_settings("fast")                     # a recipe's Settings
+    settings = recipes.recipe_settings("short", "vgg16")           # a recipe's Settings for a network
     settings = dataclasses.replace(settings, epochs=10, seed=0)    # what flags do
     recipes.check_settings("vgg16", settings)                      # UserError naming a bad value
     recipes.compile_model(model, settings, steps_per_epoch)
 
 The defaults of Settings are the paper's protocol (Gomez Cruz 2025, section 3); RECIPES
-names other sets of values (airbench's one hyperparameter dict per variant). train.py
-reads them; its command line has one flag per Settings field.
+names other sets of values for each network it serves (airbench's one hyperparameter dict
+per variant). train.py reads them; its command line has one flag per Settings field.
 """
 import dataclasses
 import importlib.util
@@ -154,131 +154,71 @@ class Settings:
     tensorboard: bool = _setting(False, "write TensorBoard logs into RUN_DIR/tensorboard")
 
 
-# The report's networks (same parameter counts) in a tenth of its epochs: the
-# short-schedule ingredients of He et al. 2016, Page's ResNet-9 (DAWNBench) and
-# airbench94, chosen by the pilots in results/pilots/ and measured in results/.
-_FAST = {
-    "epochs": 30,  # a tenth of the paper's 300; the schedule stretches to whatever --epochs says
-    "batch_size": 256,  # 4x the paper's: fewer, larger steps (faster on GPUs; docs/performance.md for CPUs)
-    # Adam with decoupled weight decay (AdamW, Loshchilov & Hutter 2019), not the speed
-    # records' Nesterov SGD: on this network SGD warmed to 0.05-0.2 learned slower (pilots in
-    # results/pilots/; docs/recipes.md, "How the fast recipe was chosen").
-    "optimizer": "adam",
-    "learning_rate": 4e-3,  # peak; pilots: 3 epochs gave 76.7 % validation at 4e-3, 74.4 % at 2e-3
-    "weight_decay": 0.05,  # decoupled: kernels shrink by lr * 0.05 a step (AdamW's usual range)
+# --- Recipes: named sets of Settings values per network (airbench's one dict per variant) ---
+# A recipe lists only what it changes from the defaults above (the paper's protocol). Each
+# value is the best measured for that network at that budget (docs/recipes.md, "What was measured").
+
+# Short-schedule training as in He et al. 2016, Page's ResNet-9 (DAWNBench) and airbench94.
+_SGD_COSINE = {
+    "optimizer": "sgd",  # Nesterov SGD, the optimizer of the sub-35-epoch CIFAR-10 records
+    "learning_rate": 0.1,  # peak of the schedule
+    "classifier_lr_scale": 1 / 64,  # SGD's equivalent of Page's and airbench's logits x 1/8: no blow-up
     "label_smoothing": 0.1,  # Szegedy et al. 2016; airbench uses 0.2
     "schedule": "cosine",  # per step, sized from --epochs: short runs decay fully too
     "warmup_fraction": 0.15,  # Page and airbench warm up over roughly the first fifth
     "min_lr": 0.0,  # decay to zero at the last step, so the last epoch is the settled model
-    "augmentation": "crop",  # pad-4 random crop + flip: the standard CIFAR-10 augmentation
-    "dropout_scale": 0.0,  # none, as in the speed records: short runs underfit (pilots: 74.4 % against
-                           # 66 % with half the rates after 3 epochs; 10 epochs with half: 77.4 % test)
-    "bn_momentum": 0.9,  # 0.99 lags in runs of a few thousand steps (airbench uses 0.6)
-}
-
-
-# fast with the optimizer of every sub-35-epoch CIFAR-10 record (Page's ResNet-9, airbench):
-# Nesterov SGD, made stable on these networks by slowing the classifier alone
-# (results/pilots/probe5.txt, probe6.txt; docs/recipes.md).
-_NESTEROV = {
-    **_FAST,
-    "optimizer": "sgd",
-    "learning_rate": 0.1,  # peak; pilots at 10,000 images: 0.1 best of 0.05, 0.1, 0.2 after 4 epochs
-    "weight_decay": 2e-3,  # decoupled: kernels shrink by 2e-4 a step at the peak, as fast's AdamW
-    "classifier_lr_scale": 1 / 64,  # SGD's equivalent of Page's and airbench's logits x 1/8
+    "augmentation": "crop",  # random pad-and-crop and flip, the standard CIFAR-10 augmentation
+    "dropout_scale": 0.0,  # none, as in the speed records: short runs underfit
+    "bn_momentum": 0.9,  # 0.99 lags in runs of a few thousand steps (airbench: 0.6)
+    "init": "whiten-dirac",  # airbench's: the fastest start
+    "batch_size": 128,  # twice the paper's: as fast an epoch on CPUs as 256, and more steps
     "precision": "auto",  # bfloat16 where the CPU has it natively (docs/performance.md)
 }
+_VGG16_SHORT = {**_SGD_COSINE, "epochs": 30, "weight_decay": 5e-3, "cutout": 8}  # Cutout: Page's 8x8
 
-
-# nesterov with what the 10- and 30-epoch runs measured (issue 14), shared by short and ten;
-# once short itself, the settings of results/vgg16_nesterov_whiten_dirac_cutout8_b128_30ep
-# (88.33 ± 0.17 % test over 3 seeds; docs/recipes.md, "short").
-_SHORT = {
-    **_NESTEROV,
-    "batch_size": 128,  # twice the steps at the same rate per step: +0.4 test points at 10 epochs
-                        # (3 seeds each, results/vgg16_nesterov_whiten_dirac_b128_10ep*), +0.6 at 30;
-                        # batch 64 no better (results/pilots/); epochs no slower on 2 CPU cores (docs/recipes.md)
-    "cutout": 8,  # Page's 24-epoch ResNet-9; at 30 epochs 87.55 % test against 87.10 % without
-                  # (results/vgg16_nesterov_cutout8_30ep, one seed each: small, not lost)
-    "init": "whiten-dirac",  # airbench's: the fastest start (docs/recipes.md, "The initialization lever")
-}
-
-
-# Recipes: named sets of Settings values, airbench's one hyperparameter dict per variant.
-# A recipe lists only what it changes from the defaults above (the paper's protocol).
 RECIPES = {
-    # The report's protocol, exactly as Settings declares it.
-    "paper": {},
-    "fast": _FAST,  # declared above
-    # fast with more regularization (issue 14): fast at 30 epochs fits its training images
-    # (96.6 % against 88.2 % validation), so each image is made harder to memorize. Measured,
-    # it did not pay: 86.74 % test against fast's 87.47 % (results/pilots/
-    # vgg16_regularized_v1_30ep; docs/recipes.md). Kept so that record's command runs.
-    "regularized": {
-        **_FAST,
-        "label_smoothing": 0.2,  # airbench94 and Page's ResNet-9 use 0.2 (fast: 0.1)
-        "cutout": 8,  # an 8x8 square, as Page's 24-epoch ResNet-9; DeVries & Taylor used 16 for 200 epochs
-        "precision": "auto",  # bfloat16 where the CPU has it natively (docs/performance.md)
-    },
-    "nesterov": _NESTEROV,  # declared above
-    # _SHORT with the weight decay the 30-epoch run measured: exactly the settings of the best
-    # 30-epoch record, results/vgg16_short_wd5e-3_30ep (docs/recipes.md, "short").
-    "short": {
-        **_SHORT,
-        "weight_decay": 5e-3,  # kernels shrink by 5e-4 a step at the peak: at 30 epochs the run memorizes
-                               # (94 % training accuracy at 2e-3); 3 seeds each: 88.49 ± 0.12 % test against
-                               # 88.33 ± 0.17 %, 89.91 ± 0.11 % with TTA against 89.64 ± 0.01 %, validation
-                               # +0.9; 1e-2 no better (results/pilots/); ten keeps 2e-3 (5e-3 was level at
-                               # 10 epochs, batch 256, one seed: results/pilots/vgg16_nesterov_whiten_dirac_wd5e-3_10ep)
-    },
-    # short at a third of its epochs, with _SHORT's weight decay of 2e-3 (issue 14): exactly the
-    # settings of the best 10-epoch record, results/vgg16_short_pad2_10ep (86.19 % test, 87.69 %
-    # with flip-translate TTA; 85.98 ± 0.40 % over seeds 0-2; docs/recipes.md, "ten").
-    "ten": {
-        **_SHORT,
-        "epochs": 10,
-        "cutout": 0,  # at 10 epochs the run underfits (89.6 % training accuracy): nothing to make harder
-        "crop_padding": 2,  # airbench94's at its 10 epochs: +0.3 test, +0.5 with TTA against 4 pixels (3 seeds
-                            # each: results/vgg16_short_pad2_10ep*, results/vgg16_nesterov_whiten_dirac_b128_10ep*)
-    },
-    # nesterov with what the 30- and 100-epoch runs measured (issue 14): exactly the settings of
-    # the best record, results/vgg16_long_b128_wd5e-3_100ep (90.11 % test, 91.50 % with
-    # flip-translate TTA; docs/recipes.md, "long").
-    "long": {
-        **_NESTEROV,
-        "epochs": 100,  # a third of the paper's 300: at 30 epochs every recipe tried settled at 88-90 %
-                        # validation (results/); at 100 this one reached 91.2 %
-        "batch_size": 128,  # short's, as weight_decay: together +1.2 test, +1.0 with TTA against batch 256
-                            # and 2e-3 at 100 epochs (88.93 %, 90.50 %: results/vgg16_nesterov_whiten_dirac_
-                            # cutout12_100ep; one seed each)
-        "weight_decay": 5e-3,  # kernels shrink by 5e-4 a step at the peak, as short's
-        "cutout": 12,  # between Page's 8x8 at 24 epochs and DeVries & Taylor's 16x16 at 200
-        "init": "whiten-dirac",  # airbench's; +6.6 validation points after epoch 1 at 30 epochs
-                                 # (results/vgg16_nesterov_whiten_dirac_cutout8_30ep), level at its end
-    },
-    # vgg16_pretrained done right (issue 9): the report's protocol for the head (Adam 5e-4,
-    # batch 64, its 10 epochs), with the two causes of its slow, weak result removed and
-    # the usual next step added. Its accuracy with ImageNet weights is not measured here
-    # (no download on our machines); docs/pretrained.md.
-    "transfer": {
+    "paper": {"vgg16": {}, "alexnet": {}, "vgg16_pretrained": {}},  # Settings' defaults
+    "ten": {"vgg16": {**_VGG16_SHORT, "epochs": 10,
+                      "weight_decay": 2e-3,  # little to regularize at 10 epochs
+                      "cutout": 0, "crop_padding": 2}},  # airbench94's at its 10 epochs
+    "short": {"vgg16": _VGG16_SHORT,
+              "alexnet": {**_SGD_COSINE, "epochs": 30, "weight_decay": 5e-4, "crop_padding": 2}},
+    "long": {"vgg16": {**_VGG16_SHORT, "epochs": 100,
+                       "cutout": 12}},  # between Page's 8x8 at 24 epochs and DeVries & Taylor's 16x16 at 200
+    "transfer": {"vgg16_pretrained": {
         "epochs": 10,  # the head's epochs: the report's vgg16_pretrained run
         "preprocessing": "imagenet",  # what Keras' ImageNet weights expect, not the report's N(0, 1)
         "cache_features": True,  # the frozen base's output is the same every epoch: compute it once
-        "fine_tune_epochs": 3,  # then block5 unfrozen at 1e-5 (Keras' transfer-learning guide, two phases)
-        "augmentation": "crop",  # for fine-tuning: pad-4 crop and flip, as the fast recipe
-    },
+        "fine_tune_epochs": 3,  # then block5 unfrozen at 1e-5 (Keras' transfer-learning guide)
+        "augmentation": "crop"}},  # for fine-tuning
 }
+RECIPE_PURPOSES = {
+    "paper": "the report's protocol: Adam 5e-4, batch 64, plateau cuts, early stop, up to 300 epochs",
+    "ten": "the most accuracy in 10 epochs",
+    "short": "the best 30-epoch settings for each network from scratch",
+    "long": "the best accuracy: 100 epochs",
+    "transfer": "the head on cached ImageNet features, then block5 fine-tuned",
+}
+# Names a user may still type or find in an old run's config.json, and what replaces them.
+REMOVED_RECIPES = {"fast": "short", "nesterov": "short", "regularized": "short"}
 
 # Settings only vgg16_pretrained reads; --FLAG for another model is refused.
 PRETRAINED_ONLY = ("weights", "image_size", "preprocessing", "cache_features", "fine_tune_epochs",
                    "fine_tune_blocks", "fine_tune_learning_rate")
 
 
-def recipe_settings(recipe):
-    """The Settings a recipe declares (UserError for an unknown name)."""
+def recipe_settings(recipe, model_name):
+    """The Settings a recipe declares for a network (UserError for a removed or unknown name, or
+    a network the recipe does not serve)."""
+    if recipe in REMOVED_RECIPES:
+        raise UserError(f"recipe '{recipe}' was removed; use --recipe {REMOVED_RECIPES[recipe]}, which gives "
+                        f"each network its best measured settings (docs/recipes.md)")
     if recipe not in RECIPES:
         raise UserError(f"unknown recipe '{recipe}'; choose one of {', '.join(RECIPES)}")
-    return Settings(recipe=recipe, **RECIPES[recipe])
+    if model_name not in RECIPES[recipe]:
+        raise UserError(f"recipe '{recipe}' does not serve {model_name}; recipes for {model_name}: "
+                        + ", ".join(name for name, served in RECIPES.items() if model_name in served))
+    return Settings(recipe=recipe, **RECIPES[recipe][model_name])
 
 
 def check_flags_used(settings, explicit):
@@ -328,7 +268,8 @@ def check_settings(model_name, settings):
                         ("stop min delta", s.stop_min_delta)):
         if not (math.isfinite(value) and value >= 0):
             raise UserError(f"{name} must be >= 0, received {value!r}")
-    for name, value, choices in (("recipe", s.recipe, tuple(RECIPES)),
+    # A removed recipe's name stays valid in the settings an old run folder saved (--resume).
+    for name, value, choices in (("recipe", s.recipe, (*RECIPES, *REMOVED_RECIPES)),
                                  ("augmentation", s.augmentation, AUGMENTATIONS),
                                  ("precision", s.precision, PRECISIONS),
                                  ("distribute", s.distribute, STRATEGIES),

@@ -3,21 +3,14 @@
     python train.py vgg16                          # the paper's protocol, into runs/vgg16/
     python train.py alexnet --limit 2000 --epochs 2 --run-dir runs/alexnet_smoke
     python train.py vgg16 --resume                 # continue a killed run after its last completed epoch
-    python train.py vgg16 --recipe fast --epochs 10  # AdamW, cosine schedule, crop: minutes, not hours
+    python train.py vgg16 --recipe short           # the best 30-epoch settings: about half an hour on 2 CPU cores
 
 The paper's protocol (Gomez Cruz 2025, section 3) is the default: Adam at 5e-4,
 categorical cross-entropy, batch 64, up to 300 epochs, ReduceLROnPlateau and
 EarlyStopping on val_loss, the 45,000-image split standardized and augmented by the
 paper's ImageDataGenerator. One deviation, on purpose: validation images are clean by
 default (the paper augmented them too; --augment-validation reproduces that).
-recipes.RECIPES names other sets of defaults: `fast`, `nesterov`, `short` (the best 30-epoch
-record's settings) and `regularized` train in a tenth of the paper's epochs, `ten` (the best
-10-epoch record's) in a thirtieth, `long` (the best
-record's settings) in a third
-(docs/recipes.md); `transfer` gives vgg16_pretrained ImageNet's
-preprocessing, trains its head on the frozen base's features computed once
-(features.py), then fine-tunes block5 (phase 2 in history.json; model.keras is then the
-last epoch).
+recipes.RECIPES names the other sets of defaults for each network (docs/recipes.md).
 
 Three rooms: recipes.py says what a run trains with (Settings, RECIPES, the optimizer,
 schedule, loss and callbacks); checkpoint.py how a run is kept and continued (the run
@@ -33,6 +26,7 @@ import shutil
 import signal
 import sys
 import tempfile
+import textwrap
 
 import rundir  # first: it quiets TensorFlow's C++ start-up logging before TF loads
 from rundir import UserError
@@ -47,8 +41,8 @@ from averaging import WeightAverage
 from checkpoint import (CHECKPOINT_DIR, HISTORY_KEYS, TENSORBOARD_DIR, RunFolderCheckpoint, StopOnNonFiniteLoss,
                         check_same_data, now, open_run_dir, read_checkpoint, restore, session_seed,
                         watcher_counters)
-from recipes import (PRETRAINED_ONLY, RECIPES, RESUME_MAY_CHANGE, Settings, check_flags_used, check_settings,
-                     compile_model, fine_tune_blocks, fine_tune_settings, load_settings, make_callbacks,
+from recipes import (PRETRAINED_ONLY, RECIPE_PURPOSES, RECIPES, RESUME_MAY_CHANGE, Settings, check_flags_used,
+                     check_settings, compile_model, fine_tune_blocks, fine_tune_settings, load_settings, make_callbacks,
                      recipe_settings, resolve_settings)
 
 PROG = "train.py"
@@ -159,20 +153,26 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
 def _print_start(model_name, model, settings, config, run_dir, initial_epoch, policy, log):
     total, _, frozen = models.count_parameters(model)
     split = config["split"]
-    log(f"{PROG}: {model_name}, {total:,} parameters ({frozen:,} frozen), policy {policy}")
-    log(f"  data      {config['data_source']}")
     limit = f" (--limit {settings.limit})" if settings.limit else ""
-    log(f"  split     {split['train']:,} training, {split['valid']:,} validation images{limit}; "
-        f"validation {'augmented (as the paper)' if settings.augment_validation else 'clean'}")
+    log(f"{PROG}: {model_name}, {total:,} parameters ({frozen:,} frozen), policy {policy}")
     log(f"  device    {config['device']}; strategy {config['strategy']['name']} "
         f"({config['strategy']['replicas']} replica(s))")
+    log(f"  data      {config['data_source']}: {split['train']:,} training, {split['valid']:,} validation "
+        f"images{limit}, validation {'augmented' if settings.augment_validation else 'clean'}")
     log(f"  run       {os.path.abspath(run_dir)}"
         + (f" (resuming after epoch {initial_epoch})" if initial_epoch else ""))
-    log("  settings")
+    # What the recipe or a flag set, then the paper's defaults; settings the run never reads are left out.
+    pairs = {True: [], False: []}
     for field in dataclasses.fields(Settings):
-        if field.name in PRETRAINED_ONLY and model_name != "vgg16_pretrained":
-            continue  # what the model never reads
-        log(f"    {field.name:<20} {getattr(settings, field.name)!s:<10} {field.metadata['about']}")
+        when = field.metadata.get("when")
+        if ((field.name in PRETRAINED_ONLY and model_name != "vgg16_pretrained")
+                or (when and getattr(settings, when[0]) not in when[1])):
+            continue
+        value = getattr(settings, field.name)
+        pairs[value != field.default].append(f"{field.name} {value}")
+    for title, items in (("set", pairs[True]), ("defaults", pairs[False])):
+        log(textwrap.fill(", ".join(items), width=100, initial_indent=f"  {title:<10}",
+                          subsequent_indent=" " * 12, break_on_hyphens=False))
 
 
 def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=False, overwrite=False,
@@ -471,46 +471,56 @@ def _print_summary(model_name, history, config, run_dir, log):
 # --- Command line ------------------------------------------------------------------
 
 _METAVARS = {int: "N", float: "X", str: "VALUE"}
+# --help's sections: every Settings field in one of them (tests/test_train.py checks).
+OPTION_GROUPS = {
+    "recipe and budget": ("recipe", "epochs", "batch_size", "limit", "seed"),
+    "optimizer and schedule": ("optimizer", "learning_rate", "momentum", "weight_decay", "classifier_lr_scale",
+                               "schedule", "warmup_fraction", "min_lr", "lr_factor", "lr_patience", "lr_min_delta",
+                               "stop_patience", "stop_min_delta", "ema_momentum", "ema_every"),
+    "augmentation and regularization": ("augmentation", "crop_padding", "cutout", "augment_validation",
+                                        "label_smoothing", "dropout_scale"),
+    "the network": ("init", "bn_momentum"),
+    "the pretrained network (vgg16_pretrained)": PRETRAINED_ONLY,
+    "run folder and devices": ("precision", "steps_per_execution", "distribute", "deterministic", "tensorboard"),
+}
 
 
 def build_parser():
     parser = rundir.ArgumentParser(
         prog=PROG, formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Train one of the report's networks with its protocol (Gomez Cruz 2025) into a "
-        "run folder: model.keras (best by val_loss, or the last epoch on a cosine or linear schedule), stats.json, "
-        "config.json, history.json.",
-        epilog="Validation is on clean images by default; the paper augmented them too "
-        "(--augment-validation).\n--limit N keeps the first N images of the 45,000-image training "
-        "split (the paper's random_state=0 split)\nand the first max(N // 10, batch size) of the "
-        "5,000 validation images; statistics come from what is kept.\nA killed run continues with "
-        "--resume from its last completed epoch (optimizer, learning-rate cuts,\nearly-stopping "
-        "counters and best weights kept); the checkpoint/ folder goes once the run is complete.\n\n"
-        "Recipes (--recipe NAME; any flag still overrides a value):\n" + "\n".join(
-            f"  {name}: " + (", ".join(f"{key}={value}" for key, value in values.items())
-                             or "the paper's protocol, the defaults below")
-            for name, values in RECIPES.items()))
+        description="Train one of the report's networks (Gomez Cruz 2025) into a resumable run folder:\n"
+        "model.keras, stats.json, config.json, history.json.\n\nRecipes (--recipe NAME; a flag still "
+        "overrides any value; docs/recipes.md):\n" + "\n".join(
+            f"  {name:<9} {RECIPE_PURPOSES[name]} ({', '.join(RECIPES[name])})" for name in RECIPES),
+        epilog="Validation is on clean images by default (the paper augmented them: --augment-validation).\n"
+        "A killed run continues with --resume from its last completed epoch. Every flag: docs/training.md.")
     parser.add_argument("model", metavar="MODEL", help=f"one of {', '.join(models.MODELS)}")
-    for field in dataclasses.fields(Settings):
-        flag = "--" + field.name.replace("_", "-")
-        about = field.metadata["about"]
-        if "default:" not in about:
-            about += f" (default: {field.default})"
-        if field.type is bool:  # --flag / --no-flag, so that a recipe's True can be turned off
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=about)
-        else:
-            parser.add_argument(flag, type=field.type, default=None, choices=field.metadata.get("choices"),
-                                metavar=None if "choices" in field.metadata else _METAVARS.get(field.type),
-                                help=about)
-    data.add_data_dir_argument(parser, "on --resume, default the run's own")
-    parser.add_argument("--run-dir", help="the run folder (default: runs/MODEL)")
-    parser.add_argument("--resume", action="store_true", help="continue the run in the run folder after "
-                        "its last completed epoch, with its saved settings")
-    parser.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
-    parser.add_argument("--cache-dir", metavar="DIR", help="where --cache-features keeps the frozen base's "
-                        "features, one folder per weights and images (default: $CIFAR10_FEATURE_CACHE, else "
-                        "~/.cache/cifar10_keras/features; on --resume, the run's own)")
-    parser.add_argument("--cpu-devices", type=int, metavar="N", help="split the CPU into N logical "
-                        "devices, to try --distribute mirrored on a machine without GPUs")
+    fields = {field.name: field for field in dataclasses.fields(Settings)}
+    groups = {title: parser.add_argument_group(title) for title in OPTION_GROUPS}
+    for title, names in OPTION_GROUPS.items():
+        for name in names:
+            field, flag = fields[name], "--" + name.replace("_", "-")
+            about = field.metadata["about"]
+            if "default:" not in about:
+                about += f" (default: {field.default})"
+            if field.type is bool:  # --flag / --no-flag, so that a recipe's True can be turned off
+                groups[title].add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=about)
+            else:
+                metavar = "{" + ",".join(RECIPES) + "}" if name == "recipe" else _METAVARS.get(field.type)
+                groups[title].add_argument(flag, type=field.type, default=None,
+                                           choices=field.metadata.get("choices"),
+                                           metavar=None if "choices" in field.metadata else metavar, help=about)
+    pretrained, run = groups["the pretrained network (vgg16_pretrained)"], groups["run folder and devices"]
+    pretrained.add_argument("--cache-dir", metavar="DIR", help="where --cache-features keeps the frozen base's "
+                            "features, one folder per weights and images (default: $CIFAR10_FEATURE_CACHE, "
+                            "else ~/.cache/cifar10_keras/features; on --resume, the run's own)")
+    data.add_data_dir_argument(run, "on --resume, default the run's own")
+    run.add_argument("--run-dir", help="the run folder (default: runs/MODEL)")
+    run.add_argument("--resume", action="store_true", help="continue the run in the run folder after "
+                     "its last completed epoch, with its saved settings")
+    run.add_argument("--overwrite", action="store_true", help="replace a run already in the run folder")
+    run.add_argument("--cpu-devices", type=int, metavar="N", help="split the CPU into N logical "
+                     "devices, to try --distribute mirrored on a machine without GPUs")
     return parser
 
 
@@ -538,7 +548,8 @@ def main(argv=None):
         if args.cache_dir is not None and args.model != "vgg16_pretrained":
             raise UserError(f"--cache-dir applies to vgg16_pretrained with --cache-features only, not {args.model}")
         use_saved = args.resume and os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE))
-        base = load_settings(run_dir) if use_saved else recipe_settings(explicit.get("recipe", "paper"))
+        base = (load_settings(run_dir) if use_saved
+                else recipe_settings(explicit.get("recipe", "paper"), args.model))
         settings = dataclasses.replace(base, **explicit)
         check_flags_used(settings, explicit)
         if args.cache_dir is not None and not settings.cache_features:

@@ -46,10 +46,10 @@ def trained_vgg16(cifar_dir, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def trained_alexnet(cifar_dir, tmp_path_factory):
-    """An alexnet run of --recipe fast (cosine schedule, per-step learning rate), 3 epochs."""
+    """An alexnet run of --recipe short (cosine schedule, per-step learning rate), 3 epochs."""
     import recipes
     import train
-    settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=3, **TINY)
+    settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), epochs=3, **TINY)
     run_dir = str(tmp_path_factory.mktemp("runs") / "alexnet")
     train.train("alexnet", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
     return run_dir

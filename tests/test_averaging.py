@@ -22,7 +22,7 @@ from cifar_fixtures import KILL_AFTER_FIRST_COMMIT
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # alexnet: the quickest network here; float32, so the figures compared are the same on every CPU.
-RUN = ["alexnet", "--recipe", "nesterov", "--precision", "float32", "--epochs", "2", "--limit", "128",
+RUN = ["alexnet", "--recipe", "short", "--precision", "float32", "--epochs", "2", "--limit", "128",
        "--batch-size", "32", "--seed", "4", "--ema-momentum", "0.9", "--ema-every", "2"]
 
 
@@ -130,15 +130,15 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
 
 @pytest.mark.parametrize("argv, message", [
     (["vgg16", "--ema-momentum", "0.99"], "--ema-momentum is not used with --schedule plateau (recipe paper)"),
-    (["vgg16", "--recipe", "nesterov", "--ema-every", "3"], "--ema-every is not used with --ema-momentum 0"),
-    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "1"], "ema momentum must lie in [0, 1), received 1.0"),
-    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--ema-every", "0"],
+    (["vgg16", "--recipe", "short", "--ema-every", "3"], "--ema-every is not used with --ema-momentum 0"),
+    (["vgg16", "--recipe", "short", "--ema-momentum", "1"], "ema momentum must lie in [0, 1), received 1.0"),
+    (["vgg16", "--recipe", "short", "--ema-momentum", "0.9", "--ema-every", "0"],
      "ema every must be an integer >= 1, received 0"),
-    (["vgg16_pretrained", "--recipe", "nesterov", "--weights", "none", "--ema-momentum", "0.9"],
+    (["vgg16_pretrained", "--schedule", "cosine", "--weights", "none", "--ema-momentum", "0.9"],
      "--ema-momentum applies to vgg16 and alexnet trained on one device"),
-    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--steps-per-execution", "2"],
+    (["vgg16", "--recipe", "short", "--ema-momentum", "0.9", "--steps-per-execution", "2"],
      "it needs --steps-per-execution 1, not 2"),
-    (["vgg16", "--recipe", "nesterov", "--ema-momentum", "0.9", "--ema-every", "5", "--epochs", "1", "--limit", "64",
+    (["vgg16", "--recipe", "short", "--ema-momentum", "0.9", "--ema-every", "5", "--epochs", "1", "--limit", "64",
       "--batch-size", "32"], "--ema-every 5 is more than the run's 2 steps"),
 ])
 def test_bad_average_input_is_one_line_and_exit_2(argv, message, cifar_dir, tmp_path, capsys):

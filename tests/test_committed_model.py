@@ -53,7 +53,8 @@ def test_the_committed_model_loads_and_classifies_a_photo(folder, tmp_path, caps
 
 @pytest.mark.parametrize("recipe, record", [("long", "vgg16_long_b128_wd5e-3_100ep"),
                                             ("short", "vgg16_short_wd5e-3_30ep"),
-                                            ("ten", "vgg16_short_pad2_10ep")])
+                                            ("ten", "vgg16_short_pad2_10ep"),
+                                            ("short", "alexnet_nesterov_wd5e-4_pad2_b128_30ep")])
 def test_a_records_recipe_is_that_records_settings(recipe, record):
     # `--recipe long`, `short` and `ten` each claim to train exactly what a committed record
     # trained: every setting the record saved, resolved as train.py resolves it (precision
@@ -64,7 +65,7 @@ def test_a_records_recipe_is_that_records_settings(recipe, record):
     config = json.load(open(os.path.join(RESULTS, record, rundir.CONFIG_FILE)))
     saved = config["settings"]
     settings = recipes.resolve_settings(config["model"], dataclasses.replace(
-        recipes.recipe_settings(recipe), seed=saved["seed"], precision=saved["precision"]))
+        recipes.recipe_settings(recipe, config["model"]), seed=saved["seed"], precision=saved["precision"]))
     differing = {key: (value, getattr(settings, key)) for key, value in saved.items()
                  if key != "recipe" and getattr(settings, key) != value}
     assert differing == {}

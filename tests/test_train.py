@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+import checkpoint
 import data
 import models
 import recipes
@@ -77,7 +78,7 @@ def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
 
 @pytest.mark.parametrize("model_name, options", [
     ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
-    ("alexnet", ["--recipe", "regularized", "--epochs", "1", "--crop-padding", "2"]),  # crop, cutout, precision auto
+    ("alexnet", ["--recipe", "short", "--epochs", "1", "--cutout", "8"]),  # crop, cutout, precision auto
     ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
                           "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
 ])
@@ -91,7 +92,7 @@ def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir,
     run_dir = str(tmp_path / model_name)
     assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
     config, _ = check_run_folder(run_dir, model_name, epochs=1)
-    padding = 2 if "--crop-padding" in options else 4
+    padding = 2 if "--recipe" in options else 4  # alexnet's short crops by 2 pixels
     assert config["settings"]["crop_padding"] == padding
     if config["settings"]["augmentation"] in ("crop", "fast"):  # the training pipeline, then validation's
         transform = {"crop": "crop", "fast": "paper"}[config["settings"]["augmentation"]]
@@ -234,11 +235,13 @@ def test_a_killed_mirrored_run_resumes_with_its_callbacks_state(cifar_dir, tmp_p
 def test_a_recipe_sets_the_defaults_and_flags_override_them(monkeypatch):
     seen = []
     monkeypatch.setattr(train, "train", lambda model, settings, *args, **kwargs: seen.append(settings))
-    assert train.main(["vgg16", "--recipe", "fast", "--epochs", "3", "--learning-rate", "0.05"]) == 0
+    assert train.main(["vgg16", "--recipe", "short", "--epochs", "3", "--learning-rate", "0.05"]) == 0
     assert train.main(["vgg16", "--epochs", "3"]) == 0
-    fast, paper = seen
-    assert fast == dataclasses.replace(recipes.recipe_settings("fast"), epochs=3, learning_rate=0.05)
-    assert (fast.schedule, fast.batch_size, fast.augmentation) == ("cosine", 256, "crop")  # the recipe's, not the defaults
+    assert train.main(["alexnet", "--recipe", "short"]) == 0
+    short, paper, alexnet = seen
+    assert short == dataclasses.replace(recipes.recipe_settings("short", "vgg16"), epochs=3, learning_rate=0.05)
+    assert (short.schedule, short.batch_size, short.augmentation) == ("cosine", 128, "crop")  # the recipe's
+    assert (alexnet.weight_decay, alexnet.cutout, alexnet.crop_padding) == (5e-4, 0, 2)  # alexnet's own short
     assert paper == dataclasses.replace(recipes.Settings(), epochs=3)  # no --recipe: the paper's protocol
     assert (paper.schedule, paper.batch_size, paper.learning_rate) == ("plateau", 64, 5e-4)
 
@@ -254,37 +257,62 @@ def test_the_linear_schedule_takes_the_continuous_schedules_flags(monkeypatch):
     recipes.check_settings("vgg16", settings)  # accepted: EMA needs a continuous schedule, and this is one
 
 
-def test_help_lists_every_recipe_and_what_it_sets(capsys):
+def test_help_lists_every_recipe_with_its_purpose_and_networks(capsys):
     with pytest.raises(SystemExit):
         train.main(["--help"])
-    lines = capsys.readouterr().out.splitlines()
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    for name in recipes.RECIPES:
+        line = next(line for line in lines if line.startswith(f"  {name} "))
+        assert recipes.RECIPE_PURPOSES[name] in line and ", ".join(recipes.RECIPES[name]) in line
+    assert "--recipe {paper,ten,short,long,transfer}" in out
+    for title in train.OPTION_GROUPS:
+        assert f"\n{title}:\n" in out
 
-    def recipe_line(name):
-        return next(line for line in lines if line.startswith(f"  {name}: "))
-    assert "the paper's protocol" in recipe_line("paper")
-    fast = recipe_line("fast").split(", ")
-    assert {"  fast: epochs=30", "batch_size=256", "learning_rate=0.004", "schedule=cosine",
-            "augmentation=crop"} <= set(fast)
-    regularized = recipe_line("regularized").split(", ")
-    assert {"label_smoothing=0.2", "cutout=8", "precision=auto", "learning_rate=0.004"} <= set(regularized)
-    short = recipe_line("short").split(", ")
-    assert {"  short: epochs=30", "batch_size=128", "optimizer=sgd", "cutout=8", "init=whiten-dirac",
-            "weight_decay=0.005"} <= set(short)
-    ten = recipe_line("ten").split(", ")
-    assert {"  ten: epochs=10", "batch_size=128", "cutout=0", "crop_padding=2", "init=whiten-dirac"} <= set(ten)
-    long = recipe_line("long").split(", ")
-    assert {"  long: epochs=100", "batch_size=128", "weight_decay=0.005", "optimizer=sgd", "cutout=12",
-            "init=whiten-dirac"} <= set(long)
-    transfer = recipe_line("transfer").split(", ")
-    assert {"  transfer: epochs=10", "preprocessing=imagenet", "cache_features=True",
-            "fine_tune_epochs=3"} <= set(transfer)
+
+def test_every_setting_is_in_one_help_group():
+    grouped = [name for names in train.OPTION_GROUPS.values() for name in names]
+    assert sorted(grouped) == sorted(field.name for field in dataclasses.fields(recipes.Settings))
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["vgg16", "--recipe", "slow"], "unknown recipe 'slow'; choose one of paper, fast, regularized"),
+    (["vgg16", "--recipe", "fast"], "recipe 'fast' was removed; use --recipe short"),
+    (["alexnet", "--recipe", "nesterov"], "recipe 'nesterov' was removed; use --recipe short"),
+    (["vgg16", "--recipe", "regularized"], "recipe 'regularized' was removed; use --recipe short"),
+    (["alexnet", "--recipe", "long"], "recipe 'long' does not serve alexnet; recipes for alexnet: paper, short"),
+    (["vgg16", "--recipe", "transfer"], "recipe 'transfer' does not serve vgg16"),
+    (["vgg16_pretrained", "--recipe", "short"], "recipe 'short' does not serve vgg16_pretrained"),
+])
+def test_a_removed_or_unserved_recipe_is_one_line_naming_what_to_use(argv, message, tmp_path, cifar_dir, capsys):
+    expect_exit_2(capsys, argv + ["--data-dir", cifar_dir, "--run-dir", str(tmp_path / "run")], message)
+    assert not os.path.exists(tmp_path / "run")
+
+
+def test_a_run_of_a_removed_recipe_still_resumes_from_its_saved_settings(cifar_dir, tmp_path, monkeypatch):
+    """A run folder whose config.json names a removed recipe continues with its saved settings."""
+    run_dir = str(tmp_path / "old")
+    settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), recipe="nesterov", epochs=2,
+                                   limit=64, batch_size=32, seed=0, precision="float32")
+    commit = checkpoint.RunFolderCheckpoint.commit
+
+    def commit_then_stop(self, epoch):
+        commit(self, epoch)
+        raise KeyboardInterrupt
+    monkeypatch.setattr(checkpoint.RunFolderCheckpoint, "commit", commit_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        train.train("alexnet", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)
+    monkeypatch.setattr(checkpoint.RunFolderCheckpoint, "commit", commit)
+    assert train.main(["alexnet", "--resume", "--run-dir", run_dir]) == 0
+    config = read(run_dir, rundir.CONFIG_FILE)
+    assert config["status"] == "complete" and config["settings"]["recipe"] == "nesterov"
+    assert config["epochs_completed"] == 2
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["vgg16", "--recipe", "slow"], "unknown recipe 'slow'; choose one of paper, ten, short, long, transfer"),
     (["vgg16", "--cutout", "8"], "--cutout is not used with --augmentation idg (recipe paper); it applies to "
      "--augmentation crop or fast"),
-    (["vgg16", "--recipe", "regularized", "--cutout", "33"], "cutout must be a square's side in pixels, 0 to 32"),
+    (["vgg16", "--recipe", "short", "--cutout", "33"], "cutout must be a square's side in pixels, 0 to 32"),
     (["vgg16", "--crop-padding", "2"], "--crop-padding is not used with --augmentation idg (recipe paper); it "
      "applies to --augmentation crop"),
     (["vgg16", "--recipe", "short", "--augmentation", "fast", "--crop-padding", "2"],
@@ -292,18 +320,19 @@ def test_help_lists_every_recipe_and_what_it_sets(capsys):
     (["vgg16", "--recipe", "short", "--crop-padding", "17"], "crop padding must be a shift in pixels, 0 to 16"),
     (["vgg16", "--precision", "double"], "argument --precision: invalid choice: 'double'"),
     (["vgg16", "--classifier-lr-scale", "0"], "classifier lr scale must be > 0, received 0.0"),
-    (["vgg16", "--recipe", "fast", "--lr-patience", "3"],
-     "--lr-patience is not used with --schedule cosine (recipe fast); it applies to --schedule plateau"),
+    (["vgg16", "--recipe", "short", "--lr-patience", "3"],
+     "--lr-patience is not used with --schedule cosine (recipe short); it applies to --schedule plateau"),
     (["vgg16", "--warmup-fraction", "0.1"], "--warmup-fraction is not used with --schedule plateau"),
     (["vgg16", "--recipe", "short", "--schedule", "linear", "--lr-patience", "3"],
      "--lr-patience is not used with --schedule linear (recipe short); it applies to --schedule plateau"),
     (["vgg16", "--recipe", "short", "--schedule", "linear", "--min-lr", "0.5"],
      "min lr 0.5 is above the learning rate 0.1; the linear schedule decays"),
     (["vgg16", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe paper)"),
-    (["vgg16", "--recipe", "fast", "--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
-    (["vgg16", "--recipe", "fast", "--dropout-scale", "2"], "makes a dropout rate of 1"),
-    (["vgg16", "--recipe", "fast", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.004"),
-    (["vgg16", "--recipe", "fast", "--momentum", "0.8"], "--momentum is not used with --optimizer adam (recipe fast)"),
+    (["vgg16", "--recipe", "short", "--label-smoothing", "1"], "label smoothing must lie in [0, 1)"),
+    (["vgg16", "--recipe", "short", "--dropout-scale", "2"], "makes a dropout rate of 1"),
+    (["vgg16", "--recipe", "short", "--min-lr", "0.5"], "min lr 0.5 is above the learning rate 0.1"),
+    (["vgg16", "--recipe", "short", "--optimizer", "adam", "--momentum", "0.8"],
+     "--momentum is not used with --optimizer adam (recipe short)"),
     (["vgg16", "--init", "orthogonal"], "argument --init: invalid choice: 'orthogonal'"),
     (["vgg16_pretrained", "--weights", "none", "--init", "whiten"],
      "--init whiten applies to the models trained from scratch (vgg16, alexnet), not vgg16_pretrained"),
@@ -314,7 +343,7 @@ def test_bad_recipe_input_is_one_line_and_exit_2(argv, message, tmp_path, cifar_
 
 
 def test_precision_auto_is_mixed_only_on_a_cpu_with_native_bfloat16(monkeypatch):
-    settings = recipes.recipe_settings("regularized")
+    settings = recipes.recipe_settings("short", "vgg16")
     assert settings.precision == "auto"
     for native, expected in ((True, "mixed"), (False, "float32"), (None, "float32")):  # None: unknown (macOS)
         monkeypatch.setattr(rundir, "cpu_description", lambda: ("a CPU", native))
@@ -334,7 +363,7 @@ def test_a_cpu_is_named_with_its_vector_extension(monkeypatch):
 @pytest.mark.parametrize("schedule", ["cosine", "linear"])
 def test_a_continuous_schedule_warms_up_then_decays_to_min_lr(schedule):
     assert schedule in recipes.CONTINUOUS_SCHEDULES  # what lets --warmup-fraction and --ema-momentum apply
-    settings = dataclasses.replace(recipes.recipe_settings("fast"), epochs=4, warmup_fraction=0.25,
+    settings = dataclasses.replace(recipes.recipe_settings("short", "vgg16"), epochs=4, warmup_fraction=0.25,
                                    learning_rate=0.1, min_lr=0.001, schedule=schedule)
     schedule_of = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
     rates = [float(schedule_of(step)) for step in range(43)]
@@ -352,7 +381,7 @@ def test_a_continuous_schedule_warms_up_then_decays_to_min_lr(schedule):
 
 
 def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
-    settings = dataclasses.replace(recipes.recipe_settings("nesterov"), schedule="linear", epochs=3)
+    settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), schedule="linear", epochs=3)
     model = models.build_model("alexnet")
     recipes.compile_model(model, settings, steps_per_epoch=7)
     run_dir = tmp_path / "run"
@@ -363,12 +392,13 @@ def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
     assert (schedule.peak, schedule.warmup_steps, schedule.total_steps, schedule.final) == (0.1, 3, 21, 0.0)
 
 
-# fast on the linear schedule (models.OneCycle) with Adam; nesterov on its cosine with its
-# classifier-scaled SGD (momentum slots), precision auto and Cutout, as short, ten and long: all across a kill.
+# short on the linear schedule (models.OneCycle) with Adam; short as it is, on its cosine with its
+# classifier-scaled SGD (momentum slots), precision auto and Cutout, as ten and long: all across a kill.
 @pytest.mark.parametrize("recipe, options", [
-    ("fast", ["--schedule", "linear"]), ("nesterov", ["--cutout", "4", "--init", "whiten-dirac"])])
+    ("short", ["--schedule", "linear", "--optimizer", "adam", "--learning-rate", "0.004", "--cutout", "0"]),
+    ("short", ["--cutout", "4"])])
 def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
-    """A 2-epoch --recipe fast (or nesterov) run killed after epoch 1 and resumed has, epoch by epoch, the
+    """A 2-epoch --recipe short run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
     argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
             "--batch-size", "32", "--seed", "3", *options]
@@ -401,7 +431,7 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     resumed = read(killed, rundir.HISTORY_FILE)
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
-    assert resumed["learning_rate"][1] > 0.5 * recipes.RECIPES[recipe]["learning_rate"]  # past the warm-up, not back at 0
+    assert resumed["learning_rate"][1] > 0.5 * config["settings"]["learning_rate"]  # past the warm-up, not back at 0
     # The rate epoch 2 started at is the run's own schedule (cosine or linear) at step 4 of 8: 128 images, batch 32.
     schedule = recipes.make_optimizer(recipes.load_settings(killed), steps_per_epoch=4)._learning_rate
     assert resumed["learning_rate"][1] == pytest.approx(float(schedule(4)), rel=1e-6)
@@ -417,7 +447,7 @@ def test_init_reinitializes_a_new_run_from_its_standardized_training_images(cifa
         return initialize(model, init, images)
     monkeypatch.setattr(models, "initialize", spy)
     run_dir = str(tmp_path / "run")
-    assert train.main(["vgg16", "--recipe", "nesterov", "--init", "whiten", "--epochs", "1", "--data-dir",
+    assert train.main(["vgg16", "--recipe", "short", "--init", "whiten", "--epochs", "1", "--data-dir",
                        cifar_dir, "--run-dir", run_dir, *SMALL]) == 0
     [(init, shape, mean, std)] = calls
     assert init == "whiten" and shape == (64, 32, 32, 3)  # --limit 64: every training image there is
@@ -426,11 +456,12 @@ def test_init_reinitializes_a_new_run_from_its_standardized_training_images(cifa
 
 
 def test_a_diverged_run_stops_at_once_and_keeps_no_nan_epoch(cifar_dir, tmp_path, capsys):
-    """The issue's case: --recipe fast at a learning rate of 1e30 trained three epochs of loss
+    """A cosine run at a learning rate of 1e30 trained three epochs of loss
     nan, then exit 0 with a model of NaN weights. Its warm-up starts at 0, so epoch 1 is still
     finite and the divergence comes in epoch 2: the run must stop there, keep epoch 1 whole."""
     run = str(tmp_path / "nan")
-    argv = ["alexnet", "--recipe", "fast", "--learning-rate", "1e30", "--data-dir", cifar_dir, "--epochs", "3",
+    argv = ["alexnet", "--recipe", "short", "--optimizer", "adam", "--learning-rate", "1e30", "--data-dir", cifar_dir,
+            "--epochs", "3",
             *SMALL]
     expect_exit_2(capsys, [*argv, "--run-dir", run], "train.py: error: training diverged in epoch 2, step ")
     with pytest.raises(SystemExit):  # again, to read the whole line
@@ -484,7 +515,8 @@ def test_a_run_folder_in_use_is_refused_even_with_resume_or_overwrite(vgg16_run,
 
 
 def test_weight_decay_shrinks_kernels_only():
-    settings = dataclasses.replace(recipes.recipe_settings("fast"), warmup_fraction=0.0)
+    settings = dataclasses.replace(recipes.recipe_settings("short", "vgg16"), optimizer="adam", learning_rate=4e-3,
+                                   weight_decay=0.05, warmup_fraction=0.0)
     model = models.build_model("vgg16")
     optimizer = recipes.make_optimizer(settings, steps_per_epoch=10)
     before = {v.path: np.array(v) for v in model.trainable_variables}
@@ -498,7 +530,7 @@ def test_weight_decay_shrinks_kernels_only():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_classifier_lr_scale_slows_the_classifier_alone_and_survives_a_save(optimizer, tmp_path):
     def one_step(scale):
-        settings = dataclasses.replace(recipes.recipe_settings("fast"), optimizer=optimizer, learning_rate=0.1,
+        settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), optimizer=optimizer, learning_rate=0.1,
                                        classifier_lr_scale=scale, warmup_fraction=0.0, weight_decay=0.0)
         keras.utils.set_random_seed(0)
         model = models.build_model("alexnet")

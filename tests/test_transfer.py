@@ -129,7 +129,7 @@ def test_bad_weights_files_are_one_line_and_leave_no_run_folder(weights_file, ci
 
 def test_flags_of_the_pretrained_model_are_refused_elsewhere(cifar_dir, capsys, tmp_path):
     for argv, message in (
-            (["vgg16", "--recipe", "transfer"], "applies to vgg16_pretrained only, not vgg16"),
+            (["vgg16", "--recipe", "transfer"], "recipe 'transfer' does not serve vgg16"),
             (["alexnet", "--fine-tune-epochs", "2"], "--fine-tune-epochs applies to vgg16_pretrained only"),
             (["vgg16_pretrained", "--fine-tune-epochs", "1", "--fine-tune-blocks", "block6"], "unknown block 'block6'"),
             (["vgg16_pretrained", "--image-size", "16"], "image size must be an integer >= 32"),
@@ -198,7 +198,7 @@ def test_head_trained_on_the_cache_predicts_like_the_assembled_model(weights_fil
     assert built and cache["train"].dtype == np.float16
     before = model.predict(_pixels(images), verbose=0)
     head = models.head_model(model)
-    recipes.compile_model(model, recipes.recipe_settings("transfer"), steps_per_epoch=3)
+    recipes.compile_model(model, recipes.recipe_settings("transfer", "vgg16_pretrained"), steps_per_epoch=3)
     head.compile(optimizer=model.optimizer, loss=model.loss, metrics=["accuracy"])
     head.fit(features.CachedFeatures(cache["train"], data.one_hot(labels), 32, mirrors=cache["train_mirror"],
                                      shuffle=True), epochs=2, verbose=0)

@@ -161,6 +161,7 @@ def read_run(run_dir):
     model_path = os.path.join(run_dir, rundir.MODEL_FILE)
     if not os.path.isfile(model_path):
         raise UserError(f"{model_path}: missing (is '{run_dir}' a run folder made by train.py?)")
+    rundir.check_archive(model_path, "the run's model")  # damaged, not "not found" as Keras would say
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     return rundir.model_name(run_dir), stats
 
@@ -240,7 +241,8 @@ def write_metrics(run_dir, metrics):
     evaluation: those took the user a full pass over the test set to make.
     """
     path = metrics_path(run_dir)
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    with rundir.writing(path):
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
     if os.path.isfile(path):
         try:
             previous = rundir.read_json(path, "earlier test metrics").get("test_images", 0)

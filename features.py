@@ -128,10 +128,8 @@ def _build(extractor, parts, prepare, folder, key, shapes, need, batch_size, log
     partial = f"{folder}.partial-{os.getpid()}"
     try:
         os.makedirs(parent, exist_ok=True)
-        free = shutil.disk_usage(parent).free
-        if free < need:
-            raise UserError(f"feature cache: '{parent}' has {free / 1e9:.2f} GB free and the cache needs "
-                            f"{need / 1e9:.2f} GB; free some space or pass --cache-dir on another disk")
+        rundir.check_free_space(parent, need, "the cache", "free some space or pass --cache-dir on another disk",
+                                unit="GB", prefix="feature cache: ")
         log(f"features  computing the frozen base's output for {sum(len(p) for p in parts.values()):,} "
             f"images into {folder} ({need / 1e9:.2f} GB as float16)")
         start = time.perf_counter()

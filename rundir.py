@@ -13,6 +13,9 @@ A run folder (default `runs/<model>/`) is self-sufficient:
 
 Every write goes to a temporary file in the same folder, is flushed to disk, then
 renamed over the target, so a crash or kill mid-write leaves the previous complete file.
+A write that fails (a full disk, no permission, a read-only or vanished folder) is a
+WriteError naming the file, the cause and what to do; a file read back that is
+truncated, damaged or of another type is a UserError naming the file and what is wrong.
 
 Every script also reports bad input here, the same way: `ArgumentParser` for usage errors
 and `one_line_errors` around `main` for a UserError, each one line `prog: error: ...`
@@ -24,11 +27,14 @@ on stderr and exit status 2:
 """
 import argparse
 import contextlib
+import errno
 import json
 import os
 import platform
+import shutil
 import sys
 import tempfile
+import zipfile
 
 # TensorFlow's C++ logging, set before TensorFlow loads (a value the user set wins). Level 2
 # drops its info and warnings (CPU flags and the like) and keeps errors. On Linux without
@@ -85,6 +91,43 @@ def one_line_errors(prog):
         fail(prog, error)
 
 
+class WriteError(UserError):
+    """A file could not be written: `problem` names it and the cause, `remedy` what to do first.
+
+    Told as `problem; remedy, then run it again`; train.py tells instead how to resume.
+    """
+
+    def __init__(self, problem, remedy):
+        self.problem, self.remedy = problem, remedy
+        super().__init__(f"{problem}; {remedy}, then run it again")
+
+
+# errno -> (the cause in words, what the user does about it)
+_WRITE_CAUSES = {
+    errno.ENOSPC: ("no space left on the device", "free some space"),
+    errno.EDQUOT: ("disk quota exceeded", "free some space"),
+    errno.EACCES: ("permission denied", "make the folder writable"),
+    errno.EPERM: ("permission denied", "make the folder writable"),
+    errno.EROFS: ("read-only file system", "make it writable"),
+    errno.ENOENT: ("its folder does not exist", "create the folder"),
+}
+
+
+def write_error(path, error):
+    """The WriteError for an OSError met while writing `path`."""
+    cause, remedy = _WRITE_CAUSES.get(error.errno, (error.strerror or str(error), "check the disk"))
+    return WriteError(f"{path}: cannot be written ({cause})", remedy)
+
+
+@contextlib.contextmanager
+def writing(path):
+    """Turn an OSError raised inside into a WriteError naming `path`."""
+    try:
+        yield
+    except OSError as error:
+        raise write_error(path, error) from None
+
+
 def _umask():
     mask = os.umask(0)
     os.umask(mask)
@@ -97,19 +140,22 @@ def atomic_path(path):
 
     The temporary file is on the same file system (so the rename is atomic), flushed to
     disk first, and given the usual permissions of a new file (mkstemp's are 0600). On
-    an error, or a kill mid-write, `path` keeps its previous complete content.
+    an error, or a kill mid-write, `path` keeps its previous complete content and the
+    temporary file goes; an OSError (in the block too) is a WriteError naming `path`.
     """
     folder = os.path.dirname(os.path.abspath(path))
     base = os.path.basename(path)
-    handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp",
-                                   dir=folder)
-    os.close(handle)
+    with writing(path):
+        handle, tmp = tempfile.mkstemp(prefix=f".{base}.", suffix=os.path.splitext(base)[1] or ".tmp",
+                                       dir=folder)
+        os.close(handle)
     try:
-        yield tmp
-        os.chmod(tmp, 0o666 & ~_umask())
-        with open(tmp, "rb") as written:
-            os.fsync(written.fileno())
-        os.replace(tmp, path)
+        with writing(path):
+            yield tmp
+            os.chmod(tmp, 0o666 & ~_umask())
+            with open(tmp, "rb") as written:
+                os.fsync(written.fileno())
+            os.replace(tmp, path)
         try:  # make the rename itself durable where the platform allows it
             descriptor = os.open(folder, os.O_RDONLY)
             try:
@@ -119,8 +165,30 @@ def atomic_path(path):
         except OSError:
             pass
     finally:
-        if os.path.exists(tmp):
+        with contextlib.suppress(OSError):
             os.remove(tmp)
+
+
+class SpaceError(WriteError):
+    """Too little free space for what is about to be written: nothing of it was written."""
+
+
+def free_bytes(folder):
+    """The bytes a user may still write in `folder`'s file system."""
+    return shutil.disk_usage(folder).free
+
+
+def check_free_space(folder, need, what, remedy="free some space", unit="MB", prefix=""):
+    """A SpaceError before writing `need` bytes (`what`) into `folder` when its disk has less free.
+
+    The line gives both amounts in `unit` (MB or GB) and in bytes.
+    """
+    free = free_bytes(folder)
+    if free < need:
+        scale = {"MB": 1e6, "GB": 1e9}[unit]
+        raise SpaceError(f"{prefix}'{folder}' has {free / scale:.2f} {unit} free and {what} needs "
+                         f"{need / scale:.2f} {unit} ({need:,} bytes needed, {free:,} free)", remedy)
+    return free
 
 
 LOCK_FILE = ".lock"  # in a run folder: locked by the train.py that is writing it
@@ -157,10 +225,11 @@ class RunLock:
             raise UserError(f"run folder '{self.run_dir}' is in use by another train.py"
                             + (f" (pid {holder})" if holder.isdigit() else "")
                             + "; wait for it to finish or choose another --run-dir") from None
-        handle.seek(0)
-        handle.truncate()
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
+        try:  # unbuffered, and only to tell a refused second writer who holds it: a full disk skips it
+            os.ftruncate(handle.fileno(), 0)
+            os.write(handle.fileno(), f"{os.getpid()}\n".encode())
+        except OSError:
+            pass
         self.handle = handle
         return self
 
@@ -172,28 +241,83 @@ class RunLock:
 
 
 def write_json(path, obj):
-    """Write `obj` as indented JSON, atomically."""
+    """Write `obj` as indented JSON, atomically; a failed write is a WriteError naming `path`."""
     with atomic_path(path) as tmp:
         with open(tmp, "w") as handle:
             json.dump(obj, handle, indent=2)
             handle.write("\n")
 
 
-def read_json(path, what):
-    """Read a run-folder JSON file; a missing or malformed one is a UserError naming it."""
+def _read_problem(path, error):
+    """What is wrong with a file that exists but cannot be read, in words."""
+    if isinstance(error, IsADirectoryError):
+        return "a folder, not a file"
+    return f"cannot be read ({error.strerror or error})"
+
+
+def read_json(path, what, kind=dict):
+    """Read a run-folder JSON file of type `kind` (an object by default).
+
+    A missing, unreadable, truncated or unparseable file, or one holding another type,
+    is a UserError naming it and what is wrong.
+    """
     try:
         with open(path) as handle:
-            return json.load(handle)
+            value = json.load(handle)
     except FileNotFoundError:
         raise UserError(f"{path}: missing ({what})") from None
-    except (OSError, ValueError) as error:
-        raise UserError(f"{path}: not readable JSON ({what}): {error}") from None
+    except OSError as error:
+        raise UserError(f"{path}: {_read_problem(path, error)} ({what})") from None
+    except ValueError as error:  # JSONDecodeError, UnicodeDecodeError
+        raise UserError(f"{path}: damaged or truncated JSON ({what}): {error}") from None
+    if not isinstance(value, kind):
+        raise UserError(f"{path}: not {what}: a JSON {type(value).__name__} where "
+                        f"{'an object' if kind is dict else 'a ' + kind.__name__} was expected")
+    return value
+
+
+KERAS_MEMBERS = ("config.json", "model.weights.h5")  # what every .keras archive holds
+
+
+def check_archive(path, what, kind=".keras file", members=KERAS_MEMBERS):
+    """A UserError naming `path` unless it is a whole zip archive holding `members`.
+
+    Reads the archive's directory only (at its end, so a truncated file fails here): a
+    check in milliseconds before a load that would fail with a zipfile traceback or, in
+    Keras, a misleading "File not found".
+    """
+    try:
+        with open(path, "rb") as handle:
+            magic = handle.read(4)
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except FileNotFoundError:
+        raise UserError(f"{path}: missing ({what})") from None
+    except OSError as error:
+        raise UserError(f"{path}: {_read_problem(path, error)} ({what})") from None
+    except (zipfile.BadZipFile, EOFError, ValueError):
+        if magic and not magic.startswith(b"PK"):
+            raise UserError(f"{path}: not a {kind}, or damaged at its start ({what})") from None
+        raise UserError(f"{path}: damaged or truncated {kind} ({what})") from None
+    missing = [name for name in members if name not in names]
+    if missing:
+        raise UserError(f"{path}: not a {kind} ({what}): it holds no {missing[0]}")
 
 
 def save_model(model, path, **kwargs):
-    """model.save(path), atomically: the previous model survives a crash mid-save."""
+    """model.save(path), atomically: the previous model survives a crash or a failed save."""
     with atomic_path(path) as tmp:
         model.save(tmp, **kwargs)
+
+
+def load_weights(model, path, what):
+    """model.load_weights(path) from a .keras file; a missing, damaged or unfitting file is a UserError."""
+    check_archive(path, what)
+    try:
+        model.load_weights(path)
+    except (ValueError, KeyError, OSError) as error:  # h5py and Keras say "does not fit" several ways
+        message = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise UserError(f"{path}: does not fit the {model.name} model ({what}): {message}") from None
 
 
 def model_name(run_dir):

@@ -214,6 +214,16 @@ def train(model_name, settings=Settings(), run_dir=None, data_dir=None, resume=F
     try:
         return _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief, previous, created,
                              cache_dir)
+    except rundir.WriteError as error:  # nothing committed was touched: say how to go on once it is fixed
+        if not os.path.isfile(os.path.join(run_dir, rundir.CONFIG_FILE)):
+            raise UserError(f"{error.problem}; {error.remedy}, then start the run again with --overwrite") from None
+        try:
+            done = (read_checkpoint(run_dir) or {}).get("epoch", 0)
+        except UserError:
+            done = None
+        kept = {None: "", 0: " (no epoch was completed)"}.get(done, f" (it goes on after epoch {done})")
+        raise UserError(f"{error.problem}; {error.remedy}, then continue with: python train.py {model_name} "
+                        f"--resume --run-dir {run_dir}{kept}") from None
     finally:
         if lock is not None:
             lock.release()
@@ -235,7 +245,7 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
             data_dir = previous.get("data_source")
         if cache_dir is None and previous.get("features"):  # the cache the run started with
             cache_dir = previous["features"].get("cache_dir")
-        state = read_checkpoint(run_dir)
+        state = read_checkpoint(run_dir, fall_back=True, log=log)  # a damaged last epoch: the one before
     initial_epoch = state["epoch"] if state else 0
     # Non-chief workers take part in every save (collective reads) but into a scratch folder.
     write_dir = run_dir if chief else tempfile.mkdtemp(prefix="train-worker-")
@@ -429,7 +439,7 @@ def _fine_tune(model, settings, history, callback_state, state, split, stats, se
     last = first + settings.fine_tune_epochs
     if state is None:  # phase 2 starts now
         if "early_stopping" in callback_state:  # from phase 1's best epoch, which model.keras holds
-            model.load_weights(os.path.join(write_dir, rundir.MODEL_FILE))
+            rundir.load_weights(model, os.path.join(write_dir, rundir.MODEL_FILE), "phase 1's best model")
         with strategy.scope():
             opened = models.unfreeze(model, fine_tune_blocks(settings))
             compile_model(model, fine_tune_settings(settings), steps_per_epoch)

@@ -1,14 +1,16 @@
-"""The paper's figures from run folders: training curves, confusion matrices, the training images.
+"""The report's figures from run folders: training curves, confusion matrices, the training images.
 
-    python plots.py runs/vgg16 runs/alexnet --data-dir /data/cifar10 --out figures
-    python plots.py results/vgg16_fast_30ep results/vgg16_paper_10ep --out results/figures   # from records
+    python plots.py runs/vgg16 runs/alexnet runs/vgg16_pretrained --out figures   # Figures 5-7
+    python plots.py runs/vgg16 --data-dir /data/cifar10 --out figures              # and Figure 1
+    python plots.py results/vgg16_paper results/vgg16_long_100ep_epyc results/alexnet_paper \
+        results/alexnet_nesterov_wd5e-4_pad2_b128_30ep --out results/figures       # the README's
 
 Writes, as PNG (or `--format pdf|svg`):
-    OUT/accuracy.png       training and validation accuracy per epoch, every run on one
-                           figure, learning-rate reductions marked (Figures 5 and 7); for a
-                           run on a continuous schedule (--recipe fast's cosine) its
-                           learning rate per epoch instead, on a right-hand axis; a solid
-                           line where a vgg16_pretrained run's fine-tuning starts
+    OUT/accuracy.png       training (solid) and validation (dashed) accuracy per epoch
+                           (Figures 5 and 7): one panel per network with its runs, each run
+                           labelled by its recipe (else its folder), and under each a thin
+                           panel of the learning rate on a log scale; a vertical line where
+                           a vgg16_pretrained run's fine-tuning starts
     OUT/loss.png           the same for the loss (Figure 6)
     OUT/cifar10_first48.png  the first 48 training images with their classes (Figure 1),
                            with --data-dir only
@@ -28,8 +30,10 @@ import rundir
 from rundir import UserError
 
 FORMATS = ("png", "pdf", "svg")
-FIGURE_SIZE = (6.4, 4.0)  # inches: a full text width of an A4/letter paper at 10 pt fonts
-DPI = 200  # PNG resolution, sharp when printed at FIGURE_SIZE
+CURVES_WIDTH = 8.0  # inches at most: 1,600 px at DPI, shown at a README's ~800 px with 10 pt text at ~14 px
+CURVES_PANEL_WIDTH = 4.0  # inches per network, below CURVES_WIDTH
+CURVES_HEIGHT = 4.4  # inches: the curves, the learning rate's thin panel and the legend
+DPI = 200  # PNG resolution, sharp on high-density screens and in print
 FONT_SIZE = 10  # points, the size of a paper's body text
 GRID_ROWS, GRID_COLUMNS = 6, 8  # Figure 1: the first 48 training images
 DEFAULT_OUT = "figures"
@@ -82,6 +86,22 @@ def run_label(run_dir):
     return folder if model == folder else f"{model} ({folder})"
 
 
+def curve_labels(run_dirs):
+    """Legend labels for the curves: the recipe whose settings a run trained (results.recipe_of),
+    else the folder's name; the folder's name too where two runs of one network share a recipe."""
+    import results
+    labels, models = [], []
+    for run_dir in run_dirs:
+        path = os.path.join(run_dir, rundir.CONFIG_FILE)
+        config = rundir.read_json(path, "the run's configuration") if os.path.isfile(path) else None
+        recipe = results.recipe_of(config) if isinstance(config, dict) and "settings" in config else None
+        labels.append(recipe or os.path.basename(os.path.normpath(run_dir)))
+        models.append(rundir.model_name(run_dir))
+    pairs = list(zip(models, labels))
+    return [label if pairs.count(pair) == 1 else os.path.basename(os.path.normpath(run_dir))
+            for run_dir, label, pair in zip(run_dirs, labels, pairs)]
+
+
 def run_schedule(run_dir):
     """The run's learning-rate schedule from config.json: "plateau" (cuts), "cosine" or "linear" (continuous)."""
     path = os.path.join(run_dir, rundir.CONFIG_FILE)
@@ -90,18 +110,6 @@ def run_schedule(run_dir):
     config = rundir.read_json(path, "the run's configuration")
     settings = config.get("settings") if isinstance(config, dict) else None
     return str((settings or {}).get("schedule") or "plateau")
-
-
-def lr_reductions(history):
-    """Epochs (1-based, as in history["epoch"]) whose learning rate is below the previous epoch's.
-
-    The start of fine-tuning (a new optimizer, not a cut) is not one: see fine_tune_start.
-    """
-    rates = history.get("learning_rate") or []
-    phases = history.get("phase") or [1] * len(rates)
-    return [history["epoch"][i] for i in range(1, len(rates))
-            if rates[i] is not None and rates[i - 1] is not None and rates[i] < rates[i - 1]
-            and phases[i] == phases[i - 1]]
 
 
 def fine_tune_start(history):
@@ -113,59 +121,66 @@ def fine_tune_start(history):
 # --- Figures -------------------------------------------------------------------------
 
 def plot_curves(runs, metric, path):
-    """Training (solid) and validation (dashed) `metric` per epoch for every run, and its schedule.
+    """Small multiples of `metric` per epoch: one column per panel (a network), its runs in it.
 
-    `runs` is a list of (label, history, schedule); `metric` is "accuracy" (shown in %)
-    or "loss". A "plateau" run's learning-rate cuts are dotted vertical lines; a run on
-    a continuous schedule ("cosine", "linear") changes its rate every step, so its learning rate
-    per epoch is drawn instead (dash-dot, on a right-hand axis). Where fine-tuning starts
-    (history's phase 2), a solid vertical line.
+    `runs` is a list of (label, history, schedule, panel); `panel` names the column (the
+    network) and may be left out, each run then in its own. `metric` is "accuracy" (shown in
+    %) or "loss". Each panel draws training (solid) and validation (dashed), one colour per
+    label across the figure, so a recipe keeps its colour in every panel. Under each, a thin
+    panel of the learning rate at each epoch's first step, on a log scale, so that the report's
+    Adam at 5e-4 and SGD's 0.1 both read: a plateau run's cuts are steps, a cosine a curve.
+    Where fine-tuning starts (history's phase 2), a vertical line in both panels.
     """
     plt = pyplot()
-    figure, axes = plt.subplots(figsize=FIGURE_SIZE)
-    scale = 100 if metric == "accuracy" else 1
+    runs = [(label, history, schedule, rest[0] if rest else label) for label, history, schedule, *rest in runs]
+    panels = list(dict.fromkeys(panel for *_, panel in runs))
+    labels = list(dict.fromkeys(label for label, *_ in runs))
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    any_reduction = any_fine_tune = False
-    rate_axes = None
-    for index, (label, history, schedule) in enumerate(runs):
-        colour = colours[index % len(colours)]
-        epochs = history["epoch"]
-        # Markers as well as lines, so a run of one or two epochs is still visible.
-        axes.plot(epochs, np.asarray(history[metric], float) * scale, "-o", markersize=3, color=colour,
-                  label=f"{label} training")
-        if f"val_{metric}" in history:
-            axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--s", markersize=3,
-                      color=colour, label=f"{label} validation")
-        start = fine_tune_start(history)
-        if start is not None:  # before the first fine-tuning epoch
-            axes.axvline(start - 0.5, color=colour, linestyle="-", linewidth=1.0, alpha=0.7)
-            any_fine_tune = True
-        rates = history.get("learning_rate") or []
-        if schedule != "plateau" and rates and None not in rates:
-            if rate_axes is None:
-                rate_axes = axes.twinx()
-                rate_axes.set_ylabel("Learning rate (at each epoch's first step)")
-            # On the main axes' legend: an empty line there carries the label.
-            rate_axes.plot(epochs, rates, "-.", linewidth=1.2, color=colour)
-            axes.plot([], [], "-.", linewidth=1.2, color=colour, label=f"{label} learning rate (right axis)")
-            continue
-        # The rate is cut at the end of an epoch: mark the boundary before the first slower epoch.
-        for epoch in lr_reductions(history):
-            axes.axvline(epoch - 0.5, color=colour, linestyle=":", linewidth=1.5)
-            any_reduction = True
-    if any_reduction:  # one neutral legend entry for the markers of every run
-        axes.plot([], [], ":", color="black", linewidth=1.5, label="learning rate reduced")
+    colour_of = {label: colours[index % len(colours)] for index, label in enumerate(labels)}
+    width = max(4.8, min(CURVES_WIDTH, CURVES_PANEL_WIDTH * len(panels)))
+    figure, grid = plt.subplots(2, len(panels), figsize=(width, CURVES_HEIGHT), squeeze=False, sharex="col",
+                                sharey="row", gridspec_kw={"height_ratios": [3, 1]})
+    scale = 100 if metric == "accuracy" else 1
+    any_fine_tune = False
+    for column, panel in enumerate(panels):
+        axes, rate_axes = grid[0, column], grid[1, column]
+        for label, history, schedule, _ in (run for run in runs if run[3] == panel):
+            colour, epochs = colour_of[label], history["epoch"]
+            # Markers on short runs only, so a run of one or two epochs is still visible.
+            marker = {"marker": "o", "markersize": 3} if len(epochs) <= 20 else {}
+            axes.plot(epochs, np.asarray(history[metric], float) * scale, "-", color=colour, **marker)
+            if f"val_{metric}" in history:
+                axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--", color=colour,
+                          **marker)
+            rates = history.get("learning_rate") or []
+            if rates and None not in rates:
+                # A warm-up's first rate is 0, which a log scale cannot place: left out.
+                rate_axes.plot(epochs, [rate if rate > 0 else np.nan for rate in rates], color=colour,
+                               linewidth=1.2, drawstyle="steps-post" if schedule == "plateau" else "default")
+            start = fine_tune_start(history)
+            if start is not None:  # before the first fine-tuning epoch
+                for where in (axes, rate_axes):
+                    where.axvline(start - 0.5, color=colour, linestyle="-", linewidth=1.0, alpha=0.6)
+                any_fine_tune = True
+        axes.set_title(panel)
+        axes.grid(alpha=0.3)
+        rate_axes.set_yscale("log")
+        rate_axes.grid(alpha=0.3)
+        rate_axes.set_xlabel("Epoch")
+        rate_axes.xaxis.get_major_locator().set_params(integer=True)
+    grid[0, 0].set_ylabel("Accuracy (%)" if metric == "accuracy" else "Loss (cross-entropy)")
+    grid[1, 0].set_ylabel("Learning\nrate")
+    handles = [plt.Line2D([], [], color=colour_of[label], linewidth=2, label=label) for label in labels]
+    handles += [plt.Line2D([], [], color="black", linestyle="-", label="training"),
+                plt.Line2D([], [], color="black", linestyle="--", label="validation")]
     if any_fine_tune:
-        axes.plot([], [], "-", color="black", linewidth=1.0, alpha=0.7, label="fine-tuning starts")
-    name = "Accuracy" if metric == "accuracy" else "Loss"
-    figures = "Figures 5 and 7" if metric == "accuracy" else "Figure 6"
-    axes.set_title(f"Training and validation {name.lower()} ({figures})")
-    axes.set_xlabel("Epoch")
-    axes.set_ylabel("Accuracy (%)" if metric == "accuracy" else "Loss (categorical cross-entropy, nats)")
-    axes.xaxis.get_major_locator().set_params(integer=True)
-    axes.grid(alpha=0.3)
-    # Below the axes, so the legend never hides a curve whatever the runs look like.
-    axes.legend(loc="upper center", bbox_to_anchor=(0.5, -0.15), ncol=2, frameon=False)
+        handles.append(plt.Line2D([], [], color="black", linewidth=1.0, alpha=0.6, label="fine-tuning starts"))
+    figure.suptitle(f"Training and validation {metric} per epoch")
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    # Below the panels, so it never hides a curve; held by the first panel but placed on the
+    # figure, after the layout, which would otherwise shrink that panel to make room for it.
+    grid[0, 0].legend(handles=handles, loc="lower center", ncol=min(len(handles), 6), frameon=False,
+                      bbox_to_anchor=(0.5, 0.0), bbox_transform=figure.transFigure)
     return save_figure(figure, path)
 
 
@@ -221,7 +236,8 @@ def make_plots(run_dirs, out=DEFAULT_OUT, data_dir=None, fmt="png", log=print):
         rundir.check_run_dir(run_dir)
         runs.append((run_dir, run_label(run_dir), read_history(run_dir)))
     written = []
-    curves = [(label, history, run_schedule(run_dir)) for run_dir, label, history in runs]
+    curves = [(label, history, run_schedule(run_dir), rundir.model_name(run_dir))
+              for (run_dir, _, history), label in zip(runs, curve_labels(run_dirs))]
     written.append(plot_curves(curves, "accuracy", os.path.join(out, f"accuracy.{fmt}")))
     written.append(plot_curves(curves, "loss", os.path.join(out, f"loss.{fmt}")))
     for run_dir, label, _ in runs:

@@ -1,4 +1,4 @@
-"""plots.py: valid, non-empty figures in PNG, PDF and SVG; LR drops found; Figure 1 from a data folder."""
+"""plots.py: valid, non-empty figures in PNG, PDF and SVG; a panel per network; Figure 1 from a data folder."""
 import json
 import os
 import shutil
@@ -36,12 +36,6 @@ def _check_png(path, min_size=(600, 400)):
         assert np.asarray(image.convert("L")).std() > 5  # something is drawn, not a blank page
 
 
-def test_lr_reductions():
-    history = {"epoch": [1, 2, 3, 4, 5], "learning_rate": [1e-3, 1e-3, 5e-4, 5e-4, 2.5e-4]}
-    assert plots.lr_reductions(history) == [3, 5]
-    assert plots.lr_reductions({"epoch": [1, 2]}) == []
-
-
 def test_png_figures_for_several_runs(runs, tmp_path, capsys):
     vgg16, alexnet = runs
     out = tmp_path / "figures"
@@ -59,37 +53,59 @@ def test_png_figures_for_several_runs(runs, tmp_path, capsys):
 
 
 def test_the_plateau_run_has_a_real_learning_rate_cut(runs):
+    import results
     vgg16, _ = runs
     history = plots.read_history(vgg16)
     assert history["learning_rate"] == pytest.approx(VGG16_RATES)  # train.py's history, not a made-up one
-    assert plots.lr_reductions(history) == [3]
+    assert results.learning_rate_cuts(history) == [(3, pytest.approx(2.5e-4))]
 
 
 def _draw_curves(runs, metric, tmp_path, monkeypatch):
-    """plot_curves over the runs, into a figure we can inspect (nothing is saved)."""
-    curves = [(plots.run_label(run), plots.read_history(run), plots.run_schedule(run)) for run in runs]
+    """plot_curves over the runs as make_plots draws them, into a figure we can inspect (nothing is saved)."""
+    curves = [(label, plots.read_history(run), plots.run_schedule(run), rundir.model_name(run))
+              for run, label in zip(runs, plots.curve_labels(runs))]
     captured = {}
     monkeypatch.setattr(plots, "save_figure", lambda figure, path: captured.update(figure=figure))
     plots.plot_curves(curves, metric, str(tmp_path / f"{metric}.png"))
     return captured["figure"]
 
 
-def test_curves_legend_and_lr_marker(runs, tmp_path, monkeypatch):
-    # One solid and one dashed line per run; the plateau run's cut as one dotted marker.
+def test_curves_are_one_panel_per_network_over_a_thin_learning_rate_panel(runs, tmp_path, monkeypatch):
     vgg16, alexnet = runs
     figure = _draw_curves(runs, "accuracy", tmp_path, monkeypatch)
-    axes = figure.axes[0]
-    labels = [text.get_text() for text in axes.get_legend().get_texts()]
-    assert labels == ["vgg16 training", "vgg16 validation", "alexnet training", "alexnet validation",
-                      "alexnet learning rate (right axis)", "learning rate reduced"]
+    vgg16_axes, alexnet_axes, vgg16_rates, alexnet_rates = figure.axes
+    assert [axes.get_title() for axes in (vgg16_axes, alexnet_axes)] == ["vgg16", "alexnet"]
+    # One legend for the figure: a colour per run, then what solid and dashed mean.
+    labels = [text.get_text() for text in vgg16_axes.get_legend().get_texts()]
+    assert labels == ["vgg16", "alexnet", "training", "validation"]
     history = json.load(open(os.path.join(vgg16, rundir.HISTORY_FILE)))
-    assert list(axes.lines[0].get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
-    assert list(axes.lines[1].get_ydata()) == pytest.approx([100 * a for a in history["val_accuracy"]])
-    drops = [line for line in axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
-    # Between epoch 2 (the last at the old rate) and epoch 3 (the first at the new one).
-    assert len(drops) == 1 and list(drops[0].get_xdata()) == [2.5, 2.5]
-    assert "%" in axes.get_ylabel() and axes.get_xlabel() == "Epoch"
+    training, validation = vgg16_axes.lines
+    assert list(training.get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
+    assert list(validation.get_ydata()) == pytest.approx([100 * a for a in history["val_accuracy"]])
+    assert (training.get_linestyle(), validation.get_linestyle()) == ("-", "--")
+    assert training.get_color() != alexnet_axes.lines[0].get_color()
+    # The plateau run's rate as steps on a log scale: its cut is a step between epochs 2 and 3.
+    (rates,) = vgg16_rates.lines
+    assert list(rates.get_ydata()) == pytest.approx(VGG16_RATES) and rates.get_drawstyle() == "steps-post"
+    assert vgg16_rates.get_yscale() == "log" and vgg16_rates.get_xlabel() == "Epoch"
+    assert vgg16_rates.get_position().height < vgg16_axes.get_position().height / 2  # the thin one
+    assert "%" in vgg16_axes.get_ylabel() and vgg16_axes.get_ylim() == alexnet_axes.get_ylim()  # shared axis
     plots.pyplot().close(figure)
+
+
+def test_curve_labels_name_the_recipe_a_run_trained(runs, run_copy, tmp_path):
+    import dataclasses
+
+    import recipes
+    vgg16, _ = runs
+    assert plots.curve_labels([vgg16]) == ["vgg16"]  # 3 epochs on 64 images: no recipe's settings
+    copies = [run_copy(vgg16, name) for name in ("paper_a", "paper_b")]
+    for copy in copies:
+        config = json.load(open(os.path.join(copy, rundir.CONFIG_FILE)))
+        settings = dataclasses.replace(recipes.recipe_settings("paper", "vgg16"), seed=0, weights=None)
+        rundir.write_json(os.path.join(copy, rundir.CONFIG_FILE), dict(config, settings=dataclasses.asdict(settings)))
+    assert plots.curve_labels(copies[:1] + [vgg16]) == ["paper", "vgg16"]
+    assert plots.curve_labels(copies) == ["paper_a", "paper_b"]  # two runs of one recipe: their folders
 
 
 @pytest.mark.parametrize("fmt,magic", [("pdf", b"%PDF"), ("svg", b"<?xml")])
@@ -134,12 +150,13 @@ def test_a_continuous_schedule_is_drawn_as_a_learning_rate_curve(runs, tmp_path,
     rates = plots.read_history(alexnet)["learning_rate"]
     assert len(rates) == 3 and len(set(rates)) == 3  # the cosine run's rate changes every epoch
     figure = _draw_curves(runs, "loss", tmp_path, monkeypatch)
-    main_axes, rate_axes = figure.axes
-    assert list(rate_axes.lines[0].get_ydata()) == rates and list(rate_axes.lines[0].get_xdata()) == [1, 2, 3]
-    assert "Learning rate" in rate_axes.get_ylabel()
-    # Its falling rate is not mistaken for plateau cuts: only the vgg16 run's cut is marked.
-    drops = [line for line in main_axes.lines if line.get_linestyle() == ":" and len(line.get_xdata())]
-    assert [list(line.get_xdata()) for line in drops] == [[2.5, 2.5]]
+    (line,) = figure.axes[3].lines
+    # Its warm-up starts at 0, which a log scale cannot place: left out, the rest as recorded.
+    expected = [rate if rate > 0 else np.nan for rate in rates]
+    np.testing.assert_allclose(line.get_ydata(), expected)
+    assert list(line.get_xdata()) == [1, 2, 3]
+    assert line.get_drawstyle() == "default" and figure.axes[1].get_ylabel() == ""
+    assert "Loss" in figure.axes[0].get_ylabel() and figure.axes[2].get_ylabel() == "Learning\nrate"
     plots.pyplot().close(figure)
 
 

@@ -1,24 +1,26 @@
 """The committed run records behind the README's results table, and the table itself.
 
-    python results.py collect runs/vgg16_fast_10ep runs/alexnet_fast_30ep   # copy their records into results/
-    python results.py collect --with-model runs/vgg16_regularized_30ep      # also a small inference model
-    python results.py collect --unfinished runs/alexnet_paper    # a stopped run, as far as its last epoch
-    python results.py table                                              # the README's table, as Markdown
-    python results.py records                                            # one row per record
+    python results.py collect runs/vgg16 runs/alexnet                  # copy their records into results/
+    python results.py collect --with-model runs/vgg16                  # also a small inference model
+    python results.py collect --unfinished runs/vgg16      # a stopped run, as far as its last epoch
+    python results.py table                 # the README's table: one row per network and recipe
+    python results.py records                                          # one row per record
     python results.py paper                          # the report's Tables 1-2 beside ours (its protocol)
 
 `results/NAME/` keeps, for every run whose numbers the README reports, the run folder's
 config.json, history.json and metrics.json. With --with-model it also keeps model.keras
 as an inference copy (the weights without the optimizer's state: about 5 MB for vgg16)
 and stats.json, so that evaluate.py and predict_image.py run on the record right after
-installing, with no training. `table` reads only those files, so every figure in the
-README's results table can be traced to a committed record and re-derived by anyone.
+installing, with no training. The tables read only those files, so every figure in the
+README's results table can be traced to a committed record and re-derived by anyone. A
+record's row is the recipe whose settings it trained (recipe_of), whatever name it saved.
 
 A record travels: the copies name the run folder and the data layout they came from,
 never a path of the machine that made them (config.json keeps the machine itself).
 """
 import datetime
 import os
+import re
 import shutil
 import statistics
 import sys
@@ -197,20 +199,65 @@ def read_record(folder):
                  for file_name in RECORD_FILES)
 
 
-def command_of(config):
-    """The train.py command that reproduces a run (its recipe, then what differs from the recipe)."""
+# Settings that do not change what a run trains: two records that differ only in these are
+# runs of one recipe (the seed is the row's spread, the rest is the machine's or the user's).
+NOT_TRAINED = frozenset({"recipe", "seed", "precision", "steps_per_execution", "distribute", "deterministic",
+                         "tensorboard"})
+
+
+def _resolved(model_name, settings):
+    """{setting: value} of a run as train.py resolves it, from a Settings or a saved settings dict.
+
+    A setting the record predates is at its default (the run could not set it); a saved
+    setting that no longer exists is left out.
+    """
+    import dataclasses
+
     import recipes  # TensorFlow: only when a table is made
-    settings = config["settings"]
-    recipe = recipes.recipe_settings(settings.get("recipe", "paper"))
-    words = ["python train.py", config["model"]]
-    if recipe.recipe != "paper":
-        words += ["--recipe", recipe.recipe]
-    for key, value in settings.items():
-        default = getattr(recipe, key, None)
-        if key == "recipe" or value == default or value is None:
+    if isinstance(settings, dict):
+        known = {field.name for field in dataclasses.fields(recipes.Settings)}
+        settings = recipes.Settings(**{key: value for key, value in settings.items() if key in known})
+    # A fixed seed and precision: resolve_settings would draw the one and ask the CPU for the other.
+    settings = dataclasses.replace(settings, seed=settings.seed if settings.seed is not None else 0,
+                                   precision="float32" if settings.precision == "auto" else settings.precision)
+    return dataclasses.asdict(recipes.resolve_settings(model_name, settings))
+
+
+def _differences(config, recipe):
+    """{setting: saved value} where a record's run differs from `recipe` for its network."""
+    import recipes
+    model = config["model"]
+    saved = _resolved(model, config["settings"])
+    declared = _resolved(model, recipes.recipe_settings(recipe, model))
+    return {key: value for key, value in saved.items() if key not in NOT_TRAINED and value != declared[key]}
+
+
+def recipe_of(config):
+    """The recipe that trains exactly what a record's run trained, or None.
+
+    Matched on the settings, not on the name saved in config.json: a record made under a
+    recipe name since removed maps to today's recipe when its settings are that recipe's.
+    """
+    import recipes
+    return next((recipe for recipe, served in recipes.RECIPES.items()
+                 if config["model"] in served and not _differences(config, recipe)), None)
+
+
+def command_of(config):
+    """The train.py command that reproduces a run: the nearest recipe, then what differs from it."""
+    import recipes
+    model, settings = config["model"], config["settings"]
+    served = [recipe for recipe, networks in recipes.RECIPES.items() if model in networks]
+    differences = {recipe: _differences(config, recipe) for recipe in served}
+    # The fewest flags; on a tie the recipe the record names, then the report's protocol.
+    recipe = min(served, key=lambda name: (len(differences[name]), name != settings.get("recipe"),
+                                           name != "paper"))
+    words = ["python train.py", model] + (["--recipe", recipe] if recipe != "paper" else [])
+    if settings.get("seed") is not None:
+        words += ["--seed", str(settings["seed"])]
+    for key, value in differences[recipe].items():
+        if value is None:
             continue
-        if key == "precision" and default == "auto":
-            continue  # the machine resolved it: the command is the recipe's, as any user types it
         flag = "--" + key.replace("_", "-")
         if isinstance(value, bool):  # argparse's BooleanOptionalAction: --flag / --no-flag
             words += [flag if value else "--no-" + flag[2:]]
@@ -265,45 +312,6 @@ def mean_std(values):
 PRECISION_WORDS = {"float32": "float32", "mixed_bfloat16": "bfloat16", "mixed_float16": "float16"}  # config's policy
 
 
-def table(results_dir=RESULTS_DIR):
-    """The results as Markdown, one row per configuration: the records that differ only in
-    their seed are one row, with the mean and sample standard deviation over the seeds.
-
-    A configuration is the command without its seed, on one machine in one precision: the
-    same command run on another CPU, or resolved by --precision auto to another precision,
-    is another row (its time is not comparable, and one seed twice is not two seeds).
-    """
-    groups = {}
-    for folder in _record_folders(results_dir):
-        config, history, metrics = read_record(os.path.join(results_dir, folder))
-        words = command_of(config).split()
-        if "--seed" in words:  # the configuration is the command without its seed
-            at = words.index("--seed")
-            del words[at:at + 2]
-        key = (" ".join(words), config["device"], config.get("policy", "float32"))
-        groups.setdefault(key, []).append((folder, config, metrics))
-    lines = ["| command | records | seeds | epochs | training time | test accuracy | with TTA | machine |",
-             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
-    for (command, device, policy), members in groups.items():
-        seeds = [config["settings"].get("seed") for _, config, _ in members]
-        epochs = sorted({epochs_run(config) for _, config, _ in members}, key=lambda words: int(words.split()[0]))
-        minutes = [config["train_seconds"] / 60 for _, config, _ in members]
-        tests = [metrics["test_accuracy"] for _, _, metrics in members]
-        ttas = [_tta(metrics) for _, _, metrics in members]
-        modes = {tta[1] for tta in ttas if tta}
-        if ttas and all(ttas) and len(modes) == 1:
-            with_tta = f"{mean_std([tta[0] for tta in ttas])} ({modes.pop()})"
-        else:
-            with_tta = "-" if not any(ttas) else "not every seed (or not one mode)"
-        seed_words = (f"one seed ({seeds[0]})" if len(seeds) == 1
-                      else f"{len(seeds)} seeds ({', '.join(str(seed) for seed in seeds)})")
-        lines.append(
-            f"| `{command}` | {', '.join(f'`{folder}`' for folder, _, _ in members)} | {seed_words} "
-            f"| {'/'.join(str(count) for count in epochs)} | {statistics.mean(minutes):.1f} min "
-            f"| {mean_std(tests)} | {with_tta} | {device}, {PRECISION_WORDS.get(policy, policy)} |")
-    return "\n".join(lines)
-
-
 # The report's Tables 1 and 2 (Gomez Cruz 2025, section 4), keyed by our model names: training
 # minutes on a MacBook Air M3, validation accuracy % (on augmented images: its generator fed
 # validation too), test-set prediction seconds and test accuracy % (Table 2's "Val. Acc." is
@@ -325,6 +333,133 @@ def verdict(ours, theirs):
     if abs(gap) <= REPRODUCED_WITHIN:
         return f"reproduced ({gap:+.1f} points)"
     return f"beaten by {gap:.1f} points" if gap > 0 else f"short by {-gap:.1f} points"
+
+
+def cpu_class(device):
+    """(CPU class, cores) of config.json's device: 'CPU (Intel(R) Xeon(R) Processor, 2 cores, AMX)' gives
+    ('Intel Xeon with AMX', '2 cores'); a device in another form is its own class, with no cores."""
+    match = re.fullmatch(r"CPU \((.*)\)", device)
+    if not match:
+        return device, None
+    name, *details = [part.strip() for part in match.group(1).split(",")]
+    name = " ".join(re.sub(r"\((R|TM)\)|\bProcessor\b|\bCPU\b", " ", name).split())
+    cores = next((detail for detail in details if re.fullmatch(r"\d+ cores?", detail)), None)
+    features = [detail for detail in details if detail != cores]
+    return (f"{name} with {' and '.join(features)}" if features else name), cores
+
+
+def _minutes(seconds):
+    minutes = seconds / 60
+    return f"{minutes:.0f} min" if minutes >= 100 else f"{minutes:.1f} min"
+
+
+def _a(noun):
+    return ("an " if noun[:1].lower() in "aeiou" else "a ") + noun
+
+
+def _join(words):
+    return words[0] if len(words) == 1 else ", ".join(words[:-1]) + " and " + words[-1]
+
+
+def recipe_runs(results_dir=RESULTS_DIR):
+    """({(recipe, model): {(device, policy): [(folder, config, metrics)]}}, [folders no recipe trains])."""
+    runs, unmatched = {}, []
+    for folder in _record_folders(results_dir):
+        config, _, metrics = read_record(os.path.join(results_dir, folder))
+        recipe = recipe_of(config)
+        if recipe is None:
+            unmatched.append(folder)
+            continue
+        machine = (config["device"], config.get("policy", "float32"))
+        runs.setdefault((recipe, config["model"]), {}).setdefault(machine, []).append((folder, config, metrics))
+    return runs, unmatched
+
+
+def table(results_dir=RESULTS_DIR):
+    """The README's results table (Markdown): one row per network and recipe, then one note.
+
+    A row is the records whose settings are the recipe's (recipe_of), on one machine in one
+    precision: the mean and sample standard deviation over their seeds, beside the report's
+    test accuracy. Where one recipe ran on several machines, the row is the machine with the
+    most seeds; the others, the training times and the CPUs are in the note under the table.
+    """
+    import recipes
+    runs, unmatched = recipe_runs(results_dir)
+    if not runs:
+        raise UserError(f"results folder '{results_dir}' holds no record of a recipe's settings "
+                        "(results.py records lists every record)")
+    lines = ["| network | command | epochs | seeds | test accuracy | with TTA | the report | ours against the "
+             "report | records |", "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+    rows, others = [], []
+    for recipe, model in [(recipe, model) for recipe, served in recipes.RECIPES.items() for model in served]:
+        if (recipe, model) not in runs:
+            continue
+        machines = runs[(recipe, model)]
+        machine = max(machines, key=lambda key: len(machines[key]))  # the first of the most seeds
+        rows.append((recipe, model, machine, machines[machine]))
+        others += [(recipe, model, key, members) for key, members in machines.items() if key != machine]
+    modes = {mode for *_, members in rows + others for _, _, metrics in members
+             for mode in [(_tta(metrics) or (None, None))[1]]}
+    for recipe, model, _, members in rows:
+        configs = [config for _, config, _ in members]
+        tests = [metrics["test_accuracy"] for _, _, metrics in members]
+        ttas = [_tta(metrics) for _, _, metrics in members]
+        with_tta = mean_std([tta[0] for tta in ttas]) if all(ttas) else "-"
+        if all(ttas) and len(modes) > 1:
+            with_tta += f" ({', '.join(sorted({tta[1] for tta in ttas}))})"
+        epochs = []
+        for config in configs:
+            words = epochs_run(config)
+            if config.get("status") == "complete" and config["epochs_completed"] < config["settings"]["epochs"]:
+                words += " (early stop)"
+            epochs.append(words)
+        report = PAPER_TABLES.get(model)
+        theirs = f"{report['test_accuracy']} %" if report else "-"
+        against = verdict(100 * statistics.mean(tests), report["test_accuracy"]) if report else "-"
+        command = f"python train.py {model}" + (f" --recipe {recipe}" if recipe != "paper" else "")
+        lines.append(
+            f"| {model} | `{command}` | {' / '.join(dict.fromkeys(epochs))} "
+            f"| {', '.join(str(config['settings'].get('seed')) for config in configs)} | {mean_std(tests)} "
+            f"| {with_tta} | {theirs} | {against} "
+            f"| {', '.join(f'`{folder}`' for folder, _, _ in members)} |")
+    return "\n".join(lines + ["", _note(rows, others, modes, unmatched)])
+
+
+def _note(rows, others, modes, unmatched):
+    """The paragraph under the table: training times by CPU class, the runs on other CPUs, TTA."""
+    devices = [machine[0] for *_, machine, _ in rows + others]
+    cores = {cpu_class(device)[1] for device in devices}
+    where = f"on {cores.pop()} of" if len(cores) == 1 and None not in cores else "on"
+    by_cpu = {}
+    for recipe, model, (device, policy), members in rows:
+        by_cpu.setdefault(cpu_class(device)[0], {}).setdefault(PRECISION_WORDS.get(policy, policy), []).append(
+            f"{model} `{recipe}` {_minutes(statistics.mean(config['train_seconds'] for _, config, _ in members))}")
+    sentences = ["Test accuracy on the 10,000 test images: the mean and sample standard deviation over the "
+                 "seeds. Training time (mean over the seeds), " + "; ".join(
+                     f"{where} {_a(cpu)}: " + ", ".join(f"{_join(items)} ({precision})"
+                                                       for precision, items in precisions.items())
+                     for cpu, precisions in by_cpu.items()) + "."]
+    report = [f"{PAPER_TABLES[model]['train_minutes']} min ({model})" for recipe, model, *_ in rows
+              if recipe == "paper" and model in PAPER_TABLES]
+    if report:
+        sentences.append(f"The report: {_join(report)} on a MacBook Air M3.")
+    for recipe, model, (device, policy), members in others:
+        tests = [metrics["test_accuracy"] for _, _, metrics in members]
+        ttas = [_tta(metrics) for _, _, metrics in members]
+        seeds = ", ".join(str(config["settings"].get("seed")) for _, config, _ in members)
+        sentences.append(
+            f"`python train.py {model}" + (f" --recipe {recipe}" if recipe != "paper" else "") + "` "
+            f"on {_a(cpu_class(device)[0])} ({PRECISION_WORDS.get(policy, policy)}), "
+            f"seed{'s' if len(members) > 1 else ''} {seeds}: {mean_std(tests)}"
+            + (f", {mean_std([tta[0] for tta in ttas])} with TTA" if all(ttas) else "")
+            + f", {_minutes(statistics.mean(config['train_seconds'] for _, config, _ in members))} "
+            f"({', '.join(f'`{folder}`' for folder, _, _ in members)}).")
+    if len(modes) == 1 and None not in modes:
+        sentences.append(f"With TTA: `evaluate.py --tta {modes.pop()}`.")
+    if unmatched:
+        sentences.append(f"Not in the table, as no recipe trains their settings (`results.py records` lists "
+                         f"them): {', '.join(f'`{folder}`' for folder in unmatched)}.")
+    return " ".join(sentences)
 
 
 def learning_rate_cuts(history):
@@ -349,7 +484,6 @@ def paper_table(results_dir=RESULTS_DIR):
              "| learning-rate cuts (first epoch at the rate) | test accuracy | with TTA | predicting the test set "
              "| machine | the report | ours against the report's test accuracy |",
              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
-    protocol = recipes.Settings()
     for folder in _record_folders(results_dir):
         config, history, metrics = read_record(os.path.join(results_dir, folder))
         settings = config["settings"]
@@ -357,6 +491,7 @@ def paper_table(results_dir=RESULTS_DIR):
             continue
         paper = PAPER_TABLES[config["model"]]
         best = config["best_epoch"] - 1
+        protocol = recipes.recipe_settings("paper", config["model"])
         partial = settings["epochs"] < protocol.epochs and config["epochs_completed"] == settings["epochs"]
         unfinished = config.get("status") == "unfinished"
         test = 100 * metrics["test_accuracy"]
@@ -395,8 +530,9 @@ def main(argv=None):
     collect_parser.add_argument("--with-model", action="store_true", help="also keep model.keras (an inference "
                                 "copy without the optimizer's state) and stats.json, so the record can be "
                                 "evaluated and used for predictions without training")
-    commands.add_parser("table", help="print the results table (Markdown): one row per configuration, mean "
-                        "and standard deviation over the records that differ only in --seed")
+    commands.add_parser("table", help="print the README's results table (Markdown): one row per network and "
+                        "recipe, the mean and standard deviation over its seeds, beside the report; the "
+                        "training times and CPUs in a note under it")
     commands.add_parser("records", help="print one row per record (Markdown)")
     commands.add_parser("paper", help="print the report's Tables 1 and 2 beside ours (Markdown), from the "
                         "records trained with its protocol, with reproduced / beaten / short")

@@ -222,8 +222,48 @@ def cutout_batch(images, size, seed):
     return images * cutout_masks(tf.shape(images)[0], size, seed, images.shape[1:])
 
 
+# Keras' own augmentation layers (keras.layers), applied after the crop, flip and Cutout:
+# a per-image policy and RandomErasing on the images, then MixUp or CutMix on the batch.
+# AugMix is left out: Keras 3.15's picks its chain's ops with Python's random when traced, so
+# in a tf.data map every batch would get the same ops.
+POLICIES = {"randaugment": keras.layers.RandAugment}  # Cubuk et al. 2020: 2 ops an image, magnitude 0.5
+MIXINGS = {"mixup": keras.layers.MixUp,  # Zhang et al. 2018: alpha 1 on CIFAR-10
+           "cutmix": keras.layers.CutMix}  # Yun et al. 2019: alpha (Keras' factor) 1 on CIFAR
+
+
+class BatchSeeds(keras.random.SeedGenerator):
+    """A SeedGenerator that hands Keras' random layers seeds folded from the pipeline's per-batch
+    stateless seed, so that --seed repeats their draws and a resumed run does not replay them."""
+
+    def __init__(self):  # no state variable: each batch brings its own seed
+        self.batch_seed, self.draws = None, 0
+
+    def next(self, ordered=True):
+        self.draws += 1  # each draw of a traced map gets its own stream
+        return tf.random.experimental.stateless_fold_in(self.batch_seed, self.draws)
+
+
+def keras_augmentation(value_range, policy=None, erasing=0.0, mixing=None, mixing_alpha=1.0):
+    """(image layers, the batch-mixing layer or None, their BatchSeeds): Keras' layers for make_dataset.
+
+    value_range is the standardized images' (lowest, highest) value: what 0 and 255 map to.
+    """
+    images, seeds = [], BatchSeeds()
+    if policy:
+        images.append(POLICIES[policy](value_range=value_range, dtype="float32"))
+    if erasing:
+        images.append(keras.layers.RandomErasing(factor=erasing, value_range=value_range, dtype="float32"))
+    mix = MIXINGS[mixing]((mixing_alpha if mixing == "mixup" else (mixing_alpha, mixing_alpha)),
+                          dtype="float32") if mixing else None
+    for layer in [*images, *([mix] if mix else [])]:
+        for part in layer._flatten_layers(include_self=True):  # RandAugment draws through its sub-layers
+            if hasattr(part, "generator"):
+                part.generator = seeds
+    return images, mix, seeds
+
+
 def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None, cutout=0,
-                 crop_padding=CROP_PADDING):
+                 crop_padding=CROP_PADDING, policy=None, erasing=0.0, mixing=None, mixing_alpha=1.0):
     """A tf.data pipeline of standardized (and optionally augmented) batches.
 
     Args:
@@ -238,6 +278,9 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         cutout: with `augment`, the side in pixels of a square zeroed in each image
             after the transform (cutout_batch); 0: none.
         crop_padding: with augment="crop", the largest shift in pixels each way.
+        policy, erasing, mixing, mixing_alpha: with `augment`, Keras' layers applied after
+            it (keras_augmentation): "randaugment"; RandomErasing's probability;
+            "mixup" or "cutmix" on the batch, with the Beta(alpha, alpha) mixing weight.
 
     Returns:
         A `tf.data.Dataset` of (float32 images (B, 32, 32, 3), labels (B, 10)), one
@@ -258,6 +301,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
     if (not isinstance(crop_padding, (int, np.integer)) or crop_padding < 0
             or (crop_padding != CROP_PADDING and augment != "crop")):
         raise ValueError(f"crop_padding must be an integer >= 0, used with augment='crop', received {crop_padding!r}")
+    if (policy or erasing or mixing) and augment is None:
+        raise ValueError("policy, erasing and mixing apply after an augment; received augment=None")
     mean, std = (np.float32(value) for value in standardization(stats))
     images_table, labels_table = tf.constant(images), tf.constant(labels)
 
@@ -278,12 +323,23 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         # stays deterministic for a given seed and still changes from epoch to epoch.
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True).batch(2)
 
+        value_range = (float((0 - mean) / std), float((255 - mean) / std))
+        layers, mix, keras_seeds = keras_augmentation(value_range, policy, erasing, mixing, mixing_alpha)
+
         def augmented(index, batch_seed):
             x, y = standardized(index)
-            if not cutout:
-                return augment_fn(x, batch_seed), y
-            transform_seed, cutout_seed = tf.unstack(tf.random.experimental.stateless_split(batch_seed, num=2))
-            return cutout_batch(augment_fn(x, transform_seed), cutout, cutout_seed), y
+            transform_seed, cutout_seed, keras_seed = tf.unstack(
+                tf.random.experimental.stateless_split(batch_seed, num=3))
+            x = augment_fn(x, transform_seed)
+            if cutout:
+                x = cutout_batch(x, cutout, cutout_seed)
+            keras_seeds.batch_seed, keras_seeds.draws = keras_seed, 0
+            for layer in layers:
+                x = layer(x, training=True)
+            if mix:
+                mixed = mix({"images": x, "labels": y}, training=True)
+                x, y = mixed["images"], mixed["labels"]
+            return x, y
         dataset = tf.data.Dataset.zip(batches, seeds).map(
             augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

@@ -154,16 +154,15 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
             recipe = RECIPE_OF_PIPELINE[pipeline]
             model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
             settings = recipes.recipe_settings(recipe, name)
+            options = {}
             if pipeline == "fast":
-                augmentation, cutout = "paper", 0
+                augmentation = "paper"
             elif pipeline.endswith("-noaug"):
-                augmentation, cutout = None, 0
+                augmentation = None
             else:
-                augmentation, cutout = settings.augmentation, settings.cutout
-            # make_dataset refuses a crop_padding other than its default unless augment == "crop".
-            padding = settings.crop_padding if augmentation == "crop" else augment.CROP_PADDING
+                augmentation, options = settings.augmentation, recipes.pipeline_options(settings)
             inputs = augment.make_dataset(x_train, y_train, stats, batch_size, augment=augmentation,
-                                          shuffle=True, seed=seed, cutout=cutout, crop_padding=padding)
+                                          shuffle=True, seed=seed, **options)
         else:
             raise ValueError(f"unknown pipeline '{pipeline}'; choose one of {', '.join(PIPELINE_NAMES)}")
         timer = _EpochTimer()

@@ -21,6 +21,7 @@ from rundir import UserError
 import keras
 import tensorflow as tf
 
+import augment
 import models
 
 AUGMENTATIONS = ("idg", "fast", "crop", "none")
@@ -94,6 +95,18 @@ class Settings:
     cutout: int = _setting(0, "side in pixels of one square zeroed at a random place in each training image "
                            "after crop and flip (Cutout, DeVries & Taylor 2017); 0: none; paper: none",
                            when=("augmentation", CUTOUT_AUGMENTATIONS))
+    policy: str = _setting("none", "a per-image augmentation policy after crop and flip: randaugment: "
+                           "keras.layers.RandAugment (Cubuk et al. 2020; 2 ops an image, magnitude 0.5); "
+                           "paper: none", choices=("none", *augment.POLICIES),
+                           when=("augmentation", CUTOUT_AUGMENTATIONS))
+    erasing: float = _setting(0.0, "probability that keras.layers.RandomErasing blanks a random rectangle "
+                              "(2-33 %% of the image) of each training image; 0: none; paper: none",
+                              when=("augmentation", CUTOUT_AUGMENTATIONS))
+    mixing: str = _setting("none", "mix pairs of training images and their labels: mixup: keras.layers.MixUp "
+                           "(Zhang et al. 2018); cutmix: keras.layers.CutMix (Yun et al. 2019); paper: none",
+                           choices=("none", *augment.MIXINGS), when=("augmentation", CUTOUT_AUGMENTATIONS))
+    mixing_alpha: float = _setting(1.0, "the mixing weight's Beta(alpha, alpha); both papers use 1 on CIFAR",
+                                   when=("mixing", tuple(augment.MIXINGS)))
     crop_padding: int = _setting(4, "crop: the largest random shift in pixels each way (pad-and-crop with "
                                  "reflected edges); He et al. 2016 and Page's ResNet-9: 4; airbench94 at its "
                                  "10 epochs: 2", when=("augmentation", ("crop",)))
@@ -275,7 +288,9 @@ def check_settings(model_name, settings):
                                  ("distribute", s.distribute, STRATEGIES),
                                  ("optimizer", s.optimizer, OPTIMIZERS),
                                  ("schedule", s.schedule, SCHEDULES),
-                                 ("init", s.init, models.INITS)):
+                                 ("init", s.init, models.INITS),
+                                 ("policy", s.policy, ("none", *augment.POLICIES)),
+                                 ("mixing", s.mixing, ("none", *augment.MIXINGS))):
         if value not in choices:
             raise UserError(f"unknown {name} '{value}'; choose one of {', '.join(choices)}")
     for name, value in (("momentum", s.momentum), ("label smoothing", s.label_smoothing),
@@ -284,6 +299,10 @@ def check_settings(model_name, settings):
             raise UserError(f"{name} must lie in [0, 1), received {value!r}")
     if not isinstance(s.cutout, int) or not 0 <= s.cutout <= 32:
         raise UserError(f"cutout must be a square's side in pixels, 0 to 32, received {s.cutout!r}")
+    if not (math.isfinite(s.erasing) and 0 <= s.erasing <= 1):
+        raise UserError(f"erasing is a probability, 0 to 1, received {s.erasing!r}")
+    if not (math.isfinite(s.mixing_alpha) and s.mixing_alpha > 0):
+        raise UserError(f"mixing alpha must be > 0, received {s.mixing_alpha!r}")
     if not isinstance(s.crop_padding, int) or not 0 <= s.crop_padding <= 16:
         raise UserError(f"crop padding must be a shift in pixels, 0 to 16, received {s.crop_padding!r}")
     if not (math.isfinite(s.classifier_lr_scale) and s.classifier_lr_scale > 0):
@@ -349,6 +368,13 @@ def check_settings(model_name, settings):
         raise UserError("--augment-validation needs an augmentation (idg or fast), not --augmentation none")
 
 
+def pipeline_options(settings):
+    """augment.make_dataset's augmentation arguments for the training images of a crop or fast run."""
+    return {"cutout": settings.cutout, "crop_padding": settings.crop_padding,
+            "policy": None if settings.policy == "none" else settings.policy, "erasing": settings.erasing,
+            "mixing": None if settings.mixing == "none" else settings.mixing, "mixing_alpha": settings.mixing_alpha}
+
+
 def fine_tune_blocks(settings):
     """The block names of --fine-tune-blocks, as a list."""
     return [block.strip() for block in str(settings.fine_tune_blocks).split(",") if block.strip()]
@@ -364,7 +390,7 @@ def resolve_settings(model_name, settings):
     """
     changes = {}
     if settings.augmentation not in CUTOUT_AUGMENTATIONS:
-        changes["cutout"] = 0
+        changes.update(cutout=0, policy="none", erasing=0.0, mixing="none")
     if settings.augmentation != "crop":
         changes["crop_padding"] = Settings.crop_padding
     if settings.seed is None:

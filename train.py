@@ -43,7 +43,7 @@ from checkpoint import (CHECKPOINT_DIR, HISTORY_KEYS, TENSORBOARD_DIR, RunFolder
                         watcher_counters)
 from recipes import (PRETRAINED_ONLY, RECIPE_PURPOSES, RECIPES, RESUME_MAY_CHANGE, Settings, check_flags_used,
                      check_settings, compile_model, fine_tune_blocks, fine_tune_settings, load_settings, make_callbacks,
-                     recipe_settings, resolve_settings)
+                     pipeline_options, recipe_settings, resolve_settings)
 
 PROG = "train.py"
 # --- Devices ------------------------------------------------------------------------
@@ -122,8 +122,7 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         # shuffle=False for fit: the dataset reshuffles itself every epoch.
         return {"shuffle": False,
                 "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
-                                          shuffle=True, seed=seed, cutout=settings.cutout,
-                                          crop_padding=settings.crop_padding),
+                                          shuffle=True, seed=seed, **pipeline_options(settings)),
                 "validation_data": augment.make_dataset(
                     x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False, seed=seed,
                     crop_padding=settings.crop_padding)
@@ -487,8 +486,8 @@ OPTION_GROUPS = {
     "optimizer and schedule": ("optimizer", "learning_rate", "momentum", "weight_decay", "classifier_lr_scale",
                                "schedule", "warmup_fraction", "min_lr", "lr_factor", "lr_patience", "lr_min_delta",
                                "stop_patience", "stop_min_delta", "ema_momentum", "ema_every"),
-    "augmentation and regularization": ("augmentation", "crop_padding", "cutout", "augment_validation",
-                                        "label_smoothing", "dropout_scale"),
+    "augmentation and regularization": ("augmentation", "crop_padding", "cutout", "policy", "erasing", "mixing",
+                                        "mixing_alpha", "augment_validation", "label_smoothing", "dropout_scale"),
     "the network": ("init", "bn_momentum"),
     "the pretrained network (vgg16_pretrained)": PRETRAINED_ONLY,
     "run folder and devices": ("precision", "steps_per_execution", "distribute", "deterministic", "tensorboard"),

@@ -311,6 +311,54 @@ def test_crop_dataset_with_cutout_zeroes_a_square_in_every_image(small):
         augment.make_dataset(images, labels, stats, 8, augment=None, shuffle=False, cutout=4)
 
 
+# --- Keras' own layers: RandAugment, RandomErasing, MixUp, CutMix --------------------
+
+LAYER_OPTIONS = [{"policy": "randaugment"}, {"erasing": 1.0}, {"mixing": "mixup"}, {"mixing": "cutmix"}]
+
+
+@pytest.mark.parametrize("options", LAYER_OPTIONS)
+def test_keras_layers_follow_the_pipelines_seed(small, options):
+    """The layers draw from the per-batch seeds: a seed repeats them, another seed and the next epoch do not."""
+    images, labels, stats = small
+    make = lambda seed: augment.make_dataset(images, labels, stats, 32, augment="crop",  # noqa: E731
+                                             shuffle=False, seed=seed, **options)
+    one, two, other = make(4), make(4), make(5)
+    first, again = _epoch(one), _epoch(two)
+    np.testing.assert_array_equal(first[0], again[0])
+    np.testing.assert_array_equal(first[1], again[1])
+    assert not np.allclose(first[0], _epoch(other)[0]) and not np.allclose(first[0], _epoch(one)[0])
+    plain = _epoch(augment.make_dataset(images, labels, stats, 32, augment="crop", shuffle=False, seed=4))
+    assert not np.allclose(first[0], plain[0])  # the layer changed the cropped images
+    low, high = (0 - stats["mean"]) / stats["std"], (255 - stats["mean"]) / stats["std"]
+    assert first[0].min() >= low - 1e-4 and first[0].max() <= high + 1e-4  # value_range: standardized pixels
+    np.testing.assert_allclose(first[1].sum(axis=1), 1, atol=1e-5)
+    if "mixing" in options:  # mixed labels: some rows share their weight between two classes
+        assert (first[1].max(axis=1) < 0.99).any()
+    else:
+        np.testing.assert_array_equal(first[1], labels)
+
+
+def test_mixup_mixes_each_image_and_its_label_by_one_weight(small):
+    images, labels, stats = small
+    crop = _epoch(augment.make_dataset(images, labels, stats, 100, augment="crop", shuffle=False, seed=7))[0]
+    x, y, _ = _epoch(augment.make_dataset(images, labels, stats, 100, augment="crop", shuffle=False, seed=7,
+                                          mixing="mixup"))
+    flat, crop_flat = x.reshape(100, -1), crop.reshape(100, -1)
+    for i in range(100):
+        # Some partner j and weight w give both: x = w crop_i + (1 - w) crop_j, y = w y_i + (1 - w) y_j.
+        weights = [(j, w) for j in range(100) for w in [float(np.dot(y[i], labels[i]) if not np.array_equal(
+            labels[i], labels[j]) else np.nan)] if np.isfinite(w)]
+        assert any(np.allclose(flat[i], w * crop_flat[i] + (1 - w) * crop_flat[j], atol=1e-3)
+                   for j, w in weights) or np.allclose(y[i], labels[i])
+
+
+def test_keras_layers_need_an_augment(small):
+    images, labels, stats = small
+    for options in LAYER_OPTIONS:
+        with pytest.raises(ValueError, match="apply after an augment"):
+            augment.make_dataset(images, labels, stats, 8, augment=None, shuffle=False, **options)
+
+
 # --- bench.py (a smoke test on tiny data: nothing timed, nothing asserted about speed) ---
 
 def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp_path, monkeypatch):
@@ -352,7 +400,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     pipelines = []  # (augment, cutout, crop_padding) of each tf.data measurement's input pipeline
 
     def recording_make_dataset(*args, **kwargs):
-        pipelines.append((kwargs["augment"], kwargs["cutout"], kwargs["crop_padding"]))
+        pipelines.append((kwargs["augment"], kwargs.get("cutout", 0), kwargs.get("crop_padding", augment.CROP_PADDING)))
         return make_dataset(*args, **kwargs)
     compiled_model = bench._compiled_model
     optimizers = []  # the recipe whose optimizer each measurement's model was compiled with

@@ -79,6 +79,8 @@ def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
 @pytest.mark.parametrize("model_name, options", [
     ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
     ("alexnet", ["--recipe", "short", "--epochs", "1", "--cutout", "8"]),  # crop, cutout, precision auto
+    ("alexnet", ["--recipe", "short", "--epochs", "1", "--policy", "randaugment", "--erasing", "0.5",
+                 "--mixing", "cutmix"]),  # Keras' layers in the training pipeline
     ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
                           "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
 ])

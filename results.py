@@ -410,7 +410,9 @@ def table(results_dir=RESULTS_DIR):
         epochs = []
         for config in configs:
             words = epochs_run(config)
-            if config.get("status") == "complete" and config["epochs_completed"] < config["settings"]["epochs"]:
+            settings = config["settings"]
+            if (config.get("status") == "complete" and config["epochs_completed"] < settings["epochs"]
+                    and settings.get("schedule", "plateau") == "plateau"):  # EarlyStopping ended it
                 words += " (early stop)"
             epochs.append(words)
         report = PAPER_TABLES.get(model)

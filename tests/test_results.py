@@ -23,6 +23,22 @@ def evaluated_run(trained_alexnet, tmp_path_factory):
     return run
 
 
+def as_recipe(record, name, **changes):
+    """Make a record's saved settings exactly recipe `name`'s for its network, as train.py would save them."""
+    import dataclasses
+
+    import recipes
+    config = json.load(open(os.path.join(record, rundir.CONFIG_FILE)))
+    saved = config["settings"]
+    settings = dataclasses.replace(recipes.recipe_settings(name, config["model"]), seed=saved["seed"],
+                                   precision=saved["precision"])
+    settings = dataclasses.asdict(recipes.resolve_settings(config["model"], settings))
+    config["settings"] = dict(settings, **changes)
+    config["epochs_completed"] = min(config["epochs_completed"], config["settings"]["epochs"])
+    rundir.write_json(os.path.join(record, rundir.CONFIG_FILE), config)
+    return config
+
+
 def test_collect_copies_the_three_records_and_table_reads_them(evaluated_run, tmp_path, capsys):
     out = tmp_path / "results"
     assert results.main(["--results-dir", str(out), "collect", evaluated_run]) == 0
@@ -49,49 +65,90 @@ def test_collect_copies_the_three_records_and_table_reads_them(evaluated_run, tm
     metrics = json.load(open(record / rundir.METRICS_FILE))
     metrics.update(test_accuracy=0.8765, test_accuracy_tta=0.8899)
     rundir.write_json(str(record / rundir.METRICS_FILE), metrics)
-    assert results.main(["--results-dir", str(out), "table"]) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[0].startswith("| command | records | seeds |") and len(lines) == 3
-    row = lines[2]
-    assert "`alexnet_short`" in row and "87.65 %" in row and "88.99 % (flip)" in row and config["device"] in row
-    assert f"one seed ({config['settings']['seed']})" in row and "--seed" not in row and f"| {config['epochs_completed']} |" in row
     assert results.main(["--results-dir", str(out), "records"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert lines[0].startswith("| record | command |") and len(lines) == 3
-    assert "`python train.py alexnet" in lines[2] and f"--seed {config['settings']['seed']}" in lines[2] and "87.65 %" in lines[2]
+    assert "`python train.py alexnet --recipe short" in lines[2] and "--limit 64" in lines[2]
+    assert f"--seed {config['settings']['seed']}" in lines[2] and "87.65 %" in lines[2]
+    # 3 epochs on 64 images is no recipe's run: the table says so and has no row for it.
+    with pytest.raises(SystemExit):
+        results.main(["--results-dir", str(out), "table"])
+    assert "holds no record of a recipe's settings" in capsys.readouterr().err
+    as_recipe(record, "short")
+    assert results.main(["--results-dir", str(out), "table"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[0].startswith("| network | command | epochs | seeds | test accuracy | with TTA |") and len(lines) == 5
+    assert lines[2] == (f"| alexnet | `python train.py alexnet --recipe short` | {config['epochs_completed']} "
+                        f"| {config['settings']['seed']} | 87.65 % | 88.99 % | 74 % | beaten by 13.6 points "
+                        "| `alexnet_short` |")
+    note = lines[4]
+    assert "With TTA: `evaluate.py --tta flip`." in note and "The report: " not in note  # no paper row
+    precision = results.PRECISION_WORDS[config["policy"]]
+    assert f"alexnet `short` {config['train_seconds'] / 60:.1f} min ({precision})" in note
 
 
-def test_table_gives_mean_and_std_over_records_that_differ_only_in_seed(evaluated_run, tmp_path, capsys):
+def test_table_gives_one_row_per_recipe_with_mean_and_std_over_its_seeds(evaluated_run, tmp_path, capsys):
     out = tmp_path / "results"
     results.collect(evaluated_run, str(out), name="a")
     accuracies = {"a": 0.90, "b": 0.92, "c": 0.91}
     for name in ("b", "c"):
         shutil.copytree(out / "a", out / name)
     for name, accuracy in accuracies.items():
-        config = json.load(open(out / name / rundir.CONFIG_FILE))
-        config["settings"]["seed"] = ord(name)  # seeds 97, 98, 99
-        rundir.write_json(str(out / name / rundir.CONFIG_FILE), config)
+        # c was saved under a recipe name since removed: its settings, not its name, make its row.
+        as_recipe(out / name, "short", seed=ord(name), recipe="nesterov" if name == "c" else "short")  # 97-99
         metrics = json.load(open(out / name / rundir.METRICS_FILE))
         metrics.update(test_accuracy=accuracy, test_accuracy_tta=accuracy + 0.01, tta_mode="flip-translate")
         rundir.write_json(str(out / name / rundir.METRICS_FILE), metrics)
     assert results.main(["--results-dir", str(out), "table"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 3  # one configuration
-    row = lines[2]
+    assert len(lines) == 5  # one row, then the note
     # mean 91.00, sample standard deviation of (90, 92, 91) = 1.00
-    assert "3 seeds (97, 98, 99)" in row and "91.00 ± 1.00 %" in row and "92.00 ± 1.00 % (flip-translate)" in row
+    assert "| 97, 98, 99 | 91.00 ± 1.00 % | 92.00 ± 1.00 % |" in lines[2] and "`a`, `b`, `c`" in lines[2]
 
-    # The same command on another CPU, or in another precision, is another row, not another seed.
-    for name, change in (("d", {"device": "CPU (another, 2 cores, AVX2)"}), ("e", {"policy": "mixed_bfloat16"})):
+    # The same command on another CPU, or in another precision, goes in the note, not in a row of
+    # its own; a record of no recipe's settings is named there too.
+    policy, = {json.load(open(out / name / rundir.CONFIG_FILE))["policy"] for name in accuracies}
+    other = "float32" if policy != "float32" else "mixed_bfloat16"  # the recipe's auto resolved by this CPU
+    for name, change in (("d", {"device": "CPU (AMD EPYC, 2 cores, AVX2)"}), ("e", {"policy": other})):
         shutil.copytree(out / "a", out / name)
         config = json.load(open(out / name / rundir.CONFIG_FILE))
-        config.update(change)
-        rundir.write_json(str(out / name / rundir.CONFIG_FILE), config)
+        rundir.write_json(str(out / name / rundir.CONFIG_FILE), dict(config, **change))
+    shutil.copytree(out / "a", out / "f")
+    as_recipe(out / "f", "short", epochs=2)
     assert results.main(["--results-dir", str(out), "table"]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
-    assert len(lines) == 5 and "3 seeds (97, 98, 99)" in lines[2]
-    assert [line for line in lines if "`d`" in line][0].endswith("| CPU (another, 2 cores, AVX2), float32 |")
-    assert [line for line in lines if "`e`" in line][0].endswith("bfloat16 |") and "one seed (97)" in lines[4]
+    assert len(lines) == 5 and "| 97, 98, 99 |" in lines[2]
+    note = lines[4]
+    assert (f"`python train.py alexnet --recipe short` on an AMD EPYC with AVX2 ({results.PRECISION_WORDS[policy]}), "
+            "seed 97: 90.00 %, 91.00 % with TTA") in note and "(`d`)" in note
+    assert f"({results.PRECISION_WORDS[other]}), seed 97: 90.00 %" in note and "(`e`)" in note
+    assert note.endswith("Not in the table, as no recipe trains their settings (`results.py records` lists "
+                         "them): `f`.")
+
+
+def test_the_report_s_protocol_row_sets_its_early_stop_beside_the_report(trained_vgg16, run_copy, tmp_path,
+                                                                        capsys):
+    run = run_copy(trained_vgg16)
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(run, x_test, y_test, batch_size=32)  # no TTA
+    out = tmp_path / "results"
+    record = results.collect(run, str(out), name="vgg16_paper")
+    config = as_recipe(record, "paper")  # 300 epochs, as if EarlyStopping had ended it after 3
+    metrics = json.load(open(os.path.join(record, rundir.METRICS_FILE)))
+    rundir.write_json(os.path.join(record, rundir.METRICS_FILE), dict(metrics, test_accuracy=0.9212))
+    assert results.main(["--results-dir", str(out), "table"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[2] == ("| vgg16 | `python train.py vgg16` | 3 (early stop) | 0 | 92.12 % | - | 90 % "
+                        "| beaten by 2.1 points | `vgg16_paper` |")
+    assert f"vgg16 `paper` {config['train_seconds'] / 60:.1f} min (float32)" in lines[4]
+    assert "The report: 249 min (vgg16) on a MacBook Air M3." in lines[4] and "With TTA" not in lines[4]
+
+
+def test_cpu_class_names_the_cpu_and_its_vector_extension():
+    assert results.cpu_class("CPU (Intel(R) Xeon(R) Processor, 2 cores, AMX)") == ("Intel Xeon with AMX", "2 cores")
+    assert results.cpu_class("CPU (AMD EPYC, 2 cores, AVX-512 BF16)") == ("AMD EPYC with AVX-512 BF16", "2 cores")
+    assert results.cpu_class("CPU (AMD EPYC, 2 cores)") == ("AMD EPYC", "2 cores")
+    assert results.cpu_class("GPU (NVIDIA A100)") == ("GPU (NVIDIA A100)", None)
 
 
 def test_collect_with_model_keeps_an_inference_copy_that_scripts_use(evaluated_run, tmp_path, capsys, cifar_dir,
@@ -193,7 +250,7 @@ def test_collect_unfinished_keeps_a_stopped_run_as_far_as_its_last_epoch(cifar_d
     assert config["callbacks"]["early_stopping"]["wait"] == 1 and config["model_epoch"] == "best by val_loss"
     capsys.readouterr()
     for command, shown in (("paper", "| 2 (1), unfinished: stopped before its end (up to 4 epochs) |"),
-                           ("records", "| 2 (unfinished) |"), ("table", "| 2 (unfinished) |")):
+                           ("records", "| 2 (unfinished) |")):
         assert results.main(["--results-dir", out, command]) == 0
         row = capsys.readouterr().out.strip().splitlines()[2]
         assert shown in row, row
@@ -225,7 +282,7 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
     evaluate.evaluate_run(vgg16, x_test, y_test, batch_size=32, tta="flip")
     out = tmp_path / "results"
     results.collect(vgg16, str(out), name="vgg16_paper")
-    results.collect(evaluated_run, str(out), name="alexnet_fast")  # --recipe fast: not in the report's table
+    results.collect(evaluated_run, str(out), name="alexnet_short")  # --recipe short: not in the report's table
     shutil.copytree(out / "vgg16_paper", out / "vgg16_paper_full")
     config = json.load(open(out / "vgg16_paper_full" / rundir.CONFIG_FILE))
     config["settings"]["epochs"] = 300  # as if EarlyStopping had ended a full run after these epochs
@@ -238,7 +295,7 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
         rundir.write_json(str(out / name / rundir.METRICS_FILE), dict(metrics, test_accuracy=accuracy))
     assert results.main(["--results-dir", str(out), "paper"]) == 0
     rows = capsys.readouterr().out.strip().splitlines()[2:]
-    assert len(rows) == 2 and not any("alexnet_fast" in row for row in rows)
+    assert len(rows) == 2 and not any("alexnet_short" in row for row in rows)
     partial, full = rows
     assert "`vgg16_paper`" in partial and "partial: --epochs 3" in partial
     assert "89.50 %" in partial and "reproduced (-0.5 points) after a partial run" in partial  # the report: 90 %
@@ -297,9 +354,20 @@ def test_a_record_without_its_model_is_told_as_such(evaluated_run, tmp_path, cap
 
 
 def test_the_command_of_a_record_is_one_a_user_can_type():
-    config = {"model": "vgg16", "settings": {"recipe": "regularized", "precision": "mixed", "seed": 0,
-                                             "epochs": 10, "cache_features": False, "augment_validation": True}}
-    # precision: the recipe's auto, resolved by the machine, is not a flag to type.
-    assert results.command_of(config) == "python train.py vgg16 --recipe regularized --seed 0 --epochs 10 --augment-validation"
-    transfer = {"model": "vgg16_pretrained", "settings": {"recipe": "transfer", "cache_features": False}}
+    import recipes
+    short = {key: value for key, value in recipes.RECIPES["short"]["alexnet"].items()}
+    # Saved under a recipe name since removed, with today's short settings: today's command.
+    config = {"model": "alexnet", "settings": {**short, "recipe": "nesterov", "precision": "mixed", "seed": 0}}
+    assert results.recipe_of(config) == "short"
+    assert results.command_of(config) == "python train.py alexnet --recipe short --seed 0"
+    config["settings"].update(epochs=10, limit=640)
+    assert results.recipe_of(config) is None
+    assert results.command_of(config) == "python train.py alexnet --recipe short --seed 0 --epochs 10 --limit 640"
+    # The report's protocol, from a record that predates settings added since (at their defaults).
+    paper = {"model": "vgg16", "settings": {"recipe": "paper", "seed": 1, "augment_validation": True}}
+    assert results.command_of(paper) == "python train.py vgg16 --seed 1 --augment-validation"
+    transfer = {"model": "vgg16_pretrained", "settings": {"recipe": "transfer", "cache_features": False,
+                                                          **{key: value for key, value in
+                                                             recipes.RECIPES["transfer"]["vgg16_pretrained"].items()
+                                                             if key != "cache_features"}}}
     assert results.command_of(transfer) == "python train.py vgg16_pretrained --recipe transfer --no-cache-features"

@@ -89,3 +89,22 @@ def test_no_file_outgrows_a_room():
     sizes = {name: len(read(name).splitlines()) for name in os.listdir(ROOT) if name.endswith(".py")}
     assert sizes["train.py"] <= 600, sizes["train.py"]
     assert max(sizes.values()) <= 700, sizes
+
+
+def test_no_file_tells_how_the_work_went():
+    """Docs, code and records describe the project as it is; how it was built is git history's."""
+    import subprocess
+    files = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True).stdout.split()
+    if not files:
+        pytest.skip("not a git checkout")
+    ordinal = r"(\d+(st|nd|rd|th)|first|second|third|fourth|fifth|sixth|seventh|eighth|ninth|tenth|eleventh|twelfth)"
+    story = re.compile(ordinal + r" (working )?session|working session|\bissue \d+|\bour machines?\b|as it first stood",
+                       re.IGNORECASE)
+    found = []
+    for name in files:
+        if (name.endswith((".py", ".md", ".json", ".txt")) or name.startswith(".ci/")) and name != \
+                "tests/test_repository.py":  # this test's own pattern
+            for number, line in enumerate(read(name).splitlines(), start=1):
+                if story.search(line):
+                    found.append(f"{name}:{number}: {line.strip()[:80]}")
+    assert not found, found

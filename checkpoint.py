@@ -322,7 +322,8 @@ class RunFolderCheckpoint(keras.callbacks.Callback):
         folder = os.path.join(self.write_dir, CHECKPOINT_DIR)
         number = epoch + 1
         with rundir.writing(folder):
-            os.makedirs(folder, exist_ok=True)
+            if not os.path.isdir(folder):
+                os.mkdir(folder)  # not makedirs: a run folder deleted under the run is told, not made again
             for entry in os.listdir(folder):  # keep epoch N-1 whole until N's commit is done
                 if _epoch_number(entry) not in (None, number - 1, number):
                     os.remove(os.path.join(folder, entry))

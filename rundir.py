@@ -315,7 +315,9 @@ def load_weights(model, path, what):
     check_archive(path, what)
     try:
         model.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:  # h5py and Keras say "does not fit" several ways
+    except OSError as error:
+        raise UserError(f"{path}: {_read_problem(path, error)} ({what})") from None
+    except (ValueError, KeyError) as error:  # Keras and h5py say "does not fit" both ways
         message = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{path}: does not fit the {model.name} model ({what}): {message}") from None
 

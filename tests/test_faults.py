@@ -277,6 +277,10 @@ def test_a_damaged_checkpoint_of_the_only_epoch_is_refused(cifar_dir, tmp_path, 
     with open(os.path.join(run, rundir.CONFIG_FILE), "wb") as handle:
         handle.write(saved)
 
+    other = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2)])  # a whole .keras file, of another model
+    other.save(os.path.join(folder, "epoch_0001.keras"))
+    refused(capsys, train.main, resume, "epoch_0001.keras: does not fit the vgg16 model (the checkpoint of epoch 1)")
+
     cut(os.path.join(folder, "epoch_0001.keras"))
     refused(capsys, train.main, resume, "epoch_0001.keras: damaged or truncated .keras file (the checkpoint of "
             "epoch 1); no earlier epoch is kept to go back to")

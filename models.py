@@ -245,7 +245,7 @@ def _classifier_scaled(base):
 
 # The classifier reads 1,024 standardized features (vgg16's Flatten after BatchNorm): plain
 # SGD moves its logits ~1,024 times as fast as one weight, and the logits blow up in the
-# first steps (results/pilots/probe5.txt). Page's ResNet-9 and airbench scale the logits by
+# first steps (docs/recipes.md, "What was measured"). Page's ResNet-9 and airbench scale the logits by
 # 1/8 instead; a scale s on the logits is, for SGD, the classifier's learning rate times
 # s**2 with the same function class, so the network keeps its layers and parameters.
 CLASSIFIER_SCALED_OPTIMIZERS = {"sgd": _classifier_scaled(keras.optimizers.SGD),
@@ -329,7 +329,7 @@ def unfreeze(model, blocks):
     return opened
 
 
-# --- Data-dependent initialization (--init; issue 14) ---------------------------------
+# --- Data-dependent initialization (--init) ------------------------------------------
 # airbench (Jordan 2024, "94% on CIFAR-10 in 3.29 seconds") gains most of its first
 # epochs from two initializations that keep the architecture: the first convolution set to
 # whiten the data's patches, and the later convolutions to pass their input through

@@ -37,7 +37,7 @@ def trained_vgg16(cifar_dir, tmp_path_factory):
     """
     import recipes
     import train
-    settings = dataclasses.replace(recipes.recipe_settings("paper"), epochs=3, lr_patience=0, lr_min_delta=1e9,
+    settings = dataclasses.replace(recipes.recipe_settings("paper", "vgg16"), epochs=3, lr_patience=0, lr_min_delta=1e9,
                                    **TINY)
     run_dir = str(tmp_path_factory.mktemp("runs") / "vgg16")
     train.train("vgg16", settings, run_dir, data_dir=cifar_dir, log=lambda line: None)

@@ -447,7 +447,7 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, killed_transfe
     fine_tuning_began = [line for line in lines if "fine-tuning epochs 3-4" in line]
     assert len(fine_tuning_began) == (1 if kill_after < 3 else 0)  # a resumed phase 2 does not start again
     if kill_after == 1:
-        assert any("reused" in line for line in lines)  # the cache of the first session
+        assert any("reused" in line for line in lines)  # the cache the first process built
     config = read(killed, rundir.CONFIG_FILE)
     assert config["status"] == "complete" and len(config["resumed"]) == 1
     assert not os.path.exists(os.path.join(killed, CHECKPOINT_DIR))

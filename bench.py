@@ -281,7 +281,7 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
 
 
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print,
-              pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION):
+              pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION, batch_size=None):
     """Every measurement for every model (training: the PIPELINES named in `pipelines`);
     returns the report as a JSON-ready dict."""
     cpu, bf16 = rundir.cpu_description()
@@ -297,30 +297,30 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
         "settings": {"models": list(model_names), "pipelines": list(pipelines), "predict": predict,
                      "train_images": len(x_train), "test_images": len(x_test),
                      "repeats": repeats, "predict_batch_size": PREDICT_BATCH_SIZE,
-                     "steps_per_execution": steps_per_execution},
+                     "steps_per_execution": steps_per_execution, "batch_size": batch_size},
         "versions": _versions(), "training": [], "prediction": [],
     }
     for name in model_names:
         baseline = None
         gflop = training_gflop(models.build_model(name, weights=None))
-        for pipeline, precision, batch_size in PIPELINES:
+        for pipeline, precision, own in PIPELINES:
             recipe = RECIPE_OF_PIPELINE.get(pipeline, "paper")
             if pipeline not in pipelines or name not in recipes.RECIPES[recipe]:
                 continue
-            batch_size = batch_size or recipes.recipe_settings(recipe, name).batch_size
+            size = batch_size or own or recipes.recipe_settings(recipe, name).batch_size
             count = images_for(precision, len(x_train))
             rates, cores = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats,
-                                            repeats, batch_size=batch_size, steps_per_execution=steps_per_execution)
+                                            repeats, batch_size=size, steps_per_execution=steps_per_execution)
             median = statistics.median(rates)
             baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
-            batch_size = min(batch_size, count)  # the batch it trained with: fewer images make one smaller
+            size = min(size, count)  # the batch it trained with: fewer images make one smaller
             share = median * gflop / peak
             report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
-                                       "batch_size": batch_size, "images_per_second": median,
+                                       "batch_size": size, "images_per_second": median,
                                        "ratio_to_first": median / baseline, "cores_used": cores,
                                        "gflop_per_image": gflop, "share_of_peak": share,
                                        "images": count, "runs": rates})
-            log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {batch_size:<4} {median:6.0f} images/s  "
+            log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {size:<4} {median:6.0f} images/s  "
                 f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak, {cores:.2f} cores "
                 f"(runs: {', '.join(f'{rate:.0f}' for rate in rates)})"
                 + (f"  ({count} images)" if count < len(x_train) else ""))
@@ -390,6 +390,8 @@ def main(argv=None):
                         "the -noaug ones are those recipes with no augmentation, for the pipeline's share")
     parser.add_argument("--steps-per-execution", type=_positive, default=STEPS_PER_EXECUTION,
                         help="training steps a compiled call (default: %(default)s)")
+    parser.add_argument("--batch-size", type=_positive, help="train every row at this batch size (default: "
+                        "the paper's 64 for paper and fast, each recipe's own for its rows)")
     parser.add_argument("--no-predict", action="store_true", help="time training only, not prediction")
     parser.add_argument("--transfer", action="store_true", help="instead, time vgg16_pretrained's ways to "
                         "train on --images images (default here 640): a frozen-base epoch the report's way, "
@@ -416,7 +418,8 @@ def main(argv=None):
           f"{args.repeats} timed repeats after one warm-up; medians", flush=True)
     start = time.perf_counter()
     report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log, pipelines=pipelines,
-                       predict=not args.no_predict, steps_per_execution=args.steps_per_execution)
+                       predict=not args.no_predict, steps_per_execution=args.steps_per_execution,
+                       batch_size=args.batch_size)
     report["data_source"] = os.path.basename(data.describe_source(args.data_dir))  # a name, not this machine's path
     report["seconds"] = time.perf_counter() - start
     rundir.write_json(args.out, report)

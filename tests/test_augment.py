@@ -450,9 +450,9 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     # A chosen subset, training only, on a network no recipe of it serves but short; unknown is one line.
     seen.clear()
     assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "320", "--repeats", "1",
-                       "--pipelines", "short,long", "--no-predict", "--out", str(out)]) == 0
+                       "--pipelines", "short,long", "--batch-size", "64", "--no-predict", "--out", str(out)]) == 0
     report = json.loads(out.read_text())
-    assert [(r["pipeline"], r["precision"]) for r in report["training"]] == [("short", "mixed")]
+    assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == [("short", "mixed", 64)]
     assert report["prediction"] == []
     assert [max(sizes) for sizes, _ in seen] == [r["batch_size"] for r in report["training"]]  # 128 where emulated
     with pytest.raises(SystemExit) as raised:

@@ -55,8 +55,9 @@ def save_figure(figure, path):
     if extension not in FORMATS:
         pyplot().close(figure)
         raise UserError(f"{path}: unsupported figure format '{extension}'; use .png, .pdf or .svg")
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     try:
+        with rundir.writing(path):  # a read-only or full disk: one line naming the figure
+            os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
         with rundir.atomic_path(path) as tmp:
             figure.savefig(tmp, format=extension, bbox_inches="tight")
     finally:

@@ -18,6 +18,7 @@ record's row is the recipe whose settings it trained (recipe_of), whatever name 
 A record travels: the copies name the run folder and the data layout they came from,
 never a path of the machine that made them (config.json keeps the machine itself).
 """
+import contextlib
 import datetime
 import os
 import re
@@ -137,8 +138,9 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overw
     `unfinished`, a stopped run is taken as far as its last completed epoch
     (unfinished_record); it stays resumable, and its record says "unfinished". The record is
     written into a temporary folder beside its place and renamed into it when whole, so
-    an interrupted collect leaves no half record; an existing record is replaced only
-    with `overwrite`, and never by a mix of the old and new files.
+    an interrupted or failed collect leaves no half record; an existing record is replaced
+    only with `overwrite`, and never by a mix of the old and new files. A failed write (a
+    read-only or full disk) is a WriteError naming the record.
     """
     rundir.check_run_dir(run_dir)
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
@@ -174,22 +176,31 @@ def collect(run_dir, results_dir=RESULTS_DIR, name=None, with_model=False, overw
     records = {rundir.CONFIG_FILE: config,
                rundir.HISTORY_FILE: history,
                rundir.METRICS_FILE: dict(metrics, run_dir=name)}
-    os.makedirs(results_dir, exist_ok=True)
-    staging = tempfile.mkdtemp(prefix=f".{name}.", dir=results_dir)
+    # A failed write (a read-only or full disk, no permission) is one line naming the record.
+    with rundir.writing(target):
+        os.makedirs(results_dir, exist_ok=True)
+        staging = tempfile.mkdtemp(prefix=f".{name}.", dir=results_dir)
+    retired = staging + ".old"  # --overwrite: the old record, set aside until the new one is in its place
     try:
-        if with_model:
-            save_inference_model(run_dir, os.path.join(staging, rundir.MODEL_FILE))
-            shutil.copyfile(os.path.join(run_dir, rundir.STATS_FILE), os.path.join(staging, rundir.STATS_FILE))
-        for file_name in RECORD_FILES:
-            rundir.write_json(os.path.join(staging, file_name), records[file_name])
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folders are 0700; a record is as any folder
-        if os.path.exists(target):  # --overwrite: the old record goes only once the new one is whole
-            shutil.rmtree(target)
-        os.rename(staging, target)
+        with rundir.writing(target):
+            if with_model:
+                save_inference_model(run_dir, os.path.join(staging, rundir.MODEL_FILE))
+                shutil.copyfile(os.path.join(run_dir, rundir.STATS_FILE), os.path.join(staging, rundir.STATS_FILE))
+            for file_name in RECORD_FILES:
+                rundir.write_json(os.path.join(staging, file_name), records[file_name])
+            mask = os.umask(0)
+            os.umask(mask)
+            os.chmod(staging, 0o777 & ~mask)  # mkdtemp's folders are 0700; a record is as any folder
+            if os.path.exists(target):
+                os.rename(target, retired)
+            os.rename(staging, target)
     finally:
+        if os.path.isdir(retired) and not os.path.exists(target):  # the new record did not take its place
+            with contextlib.suppress(OSError):
+                os.rename(retired, target)
         shutil.rmtree(staging, ignore_errors=True)
+        if os.path.exists(target):  # else the old record stays set aside rather than lost
+            shutil.rmtree(retired, ignore_errors=True)
     return target
 
 

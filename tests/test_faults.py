@@ -198,6 +198,87 @@ def test_a_failed_write_of_metrics_figures_or_a_record_is_one_line(trained_vgg16
     assert os.listdir(records) == []  # no half record, no staging folder
 
 
+@contextlib.contextmanager
+def read_only(folder):
+    """Nothing can be made, opened for writing or renamed under `folder`, as on a read-only file system.
+
+    Tests may run as root, whom a chmod does not stop, so the calls that would reach the
+    disk are refused instead, with the error a read-only mount gives.
+    """
+    folder = os.path.abspath(folder)
+
+    def guard(function, writes=lambda *args, **kwargs: True):
+        def guarded(path, *args, **kwargs):
+            where = os.path.abspath(os.fspath(path))
+            if (where == folder or where.startswith(folder + os.sep)) and writes(*args, **kwargs):
+                raise OSError(errno.EROFS, os.strerror(errno.EROFS), path)
+            return function(path, *args, **kwargs)
+        return guarded
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("mkdir", "rename", "replace"):
+            patch.setattr(os, name, guard(getattr(os, name)))
+        patch.setattr(os, "open", guard(os.open, lambda flags, *args, **kwargs: flags & (
+            os.O_WRONLY | os.O_RDWR | os.O_CREAT)))
+        yield
+
+
+def test_figures_or_a_record_into_a_read_only_folder_are_one_line(trained_vgg16, run_copy, tmp_path, capsys):
+    run = run_copy(trained_vgg16)
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(run, x_test, y_test, batch_size=32)
+    disk = tmp_path / "disk"
+    records = disk / "results"
+    records.mkdir(parents=True)
+    read_only_line = "cannot be written (read-only file system); make it writable, then run it again"
+    with read_only(disk):
+        out = str(disk / "figures")  # not there yet: plots.py would make it
+        refused(capsys, plots.main, [run, "--out", out], f"{os.path.join(out, 'accuracy.png')}: {read_only_line}")
+        refused(capsys, results.main, ["--results-dir", str(records), "collect", run],
+                f"{records / 'run'}: {read_only_line}")
+        missing = disk / "new_results"
+        refused(capsys, results.main, ["--results-dir", str(missing), "collect", run],
+                f"{missing / 'run'}: {read_only_line}")
+    assert os.listdir(disk) == ["results"] and os.listdir(records) == []
+
+
+def test_a_collect_that_fails_midway_keeps_the_old_record_and_leaves_nothing(trained_vgg16, run_copy, tmp_path,
+                                                                             capsys):
+    """--overwrite --with-model over a record, each write of it failing in turn: the inference model's
+    stats.json, the record folder's permissions, its rename into place (after the old one was set aside)."""
+    run = run_copy(trained_vgg16)
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(run, x_test, y_test, batch_size=32)
+    records = str(tmp_path / "results")
+    record = os.path.join(records, "run")
+    assert results.main(["--results-dir", records, "collect", run]) == 0
+    capsys.readouterr()
+    old = {file: open(os.path.join(record, file), "rb").read() for file in os.listdir(record)}
+    faults = [
+        (shutil, "copyfile", errno.ENOSPC, "no space left on the device); free some space",
+         lambda source, target, **kwargs: True),
+        (os, "chmod", errno.EPERM, "permission denied); make the folder writable",
+         lambda path, *args, **kwargs: os.path.isdir(path)),
+        (os, "rename", errno.EACCES, "permission denied); make the folder writable",
+         lambda source, target, *args, **kwargs: target == record),
+    ]
+    for module, name, code, words, when in faults:
+        function, failed = getattr(module, name), []
+
+        def fail_once_when(*args, **kwargs):
+            if when(*args, **kwargs) and not failed:
+                failed.append(args[0])
+                raise OSError(code, os.strerror(code), args[0])
+            return function(*args, **kwargs)
+
+        with pytest.MonkeyPatch.context() as patch:
+            patch.setattr(module, name, fail_once_when)
+            refused(capsys, results.main, ["--results-dir", records, "collect", "--overwrite", "--with-model", run],
+                    f"{record}: cannot be written ({words}, then run it again")
+        assert failed and os.listdir(records) == ["run"], name  # no staging folder, no old record set aside
+        assert {file: open(os.path.join(record, file), "rb").read() for file in os.listdir(record)} == old, name
+
+
 # --- Reads -------------------------------------------------------------------------
 
 def test_a_damaged_last_checkpoint_costs_one_epoch(cifar_dir, tmp_path, capsys, monkeypatch):

@@ -16,7 +16,6 @@ folder `cifar-10-batches-bin/`.
     python data.py --data-dir /data/cifar10
 """
 import io
-import json
 import os
 import pickle
 import sys
@@ -327,15 +326,21 @@ def save_stats(stats, path):
 
 
 def load_stats(path):
-    """Read statistics written by save_stats, checking that they are usable."""
+    """Read statistics written by save_stats, checking that they are usable.
+
+    A missing, unreadable or damaged file is a DataError worded as every run-folder file's
+    (rundir.read_json), and so is one without a numeric mean and std.
+    """
+    what = "the standardization statistics of the run"
     try:
-        with open(path) as handle:
-            stats = json.load(handle)
+        stats = rundir.read_json(path, what)
+    except UserError as error:
+        raise DataError(str(error)) from None
+    try:
         mean, std = float(stats["mean"]), float(stats["std"])
-    except FileNotFoundError:
-        raise DataError(f"{path}: missing (the standardization statistics of the run)") from None
-    except (OSError, ValueError, KeyError, TypeError) as error:
-        raise DataError(f"{path}: not valid statistics JSON ({type(error).__name__}: {error})") from None
+    except (ValueError, KeyError, TypeError) as error:
+        raise DataError(f"{path}: not {what}: needs numbers 'mean' and 'std' ({type(error).__name__}: "
+                        f"{error})") from None
     if not (np.isfinite(mean) and np.isfinite(std) and std > 0):
         raise DataError(f"{path}: unusable statistics mean={mean}, std={std}")
     return stats

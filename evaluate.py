@@ -161,7 +161,7 @@ def read_run(run_dir):
     model_path = os.path.join(run_dir, rundir.MODEL_FILE)
     if not os.path.isfile(model_path):
         raise UserError(f"{model_path}: missing (is '{run_dir}' a run folder made by train.py?)")
-    rundir.check_archive(model_path, "the run's model")  # damaged, not "not found" as Keras would say
+    rundir.check_archive(model_path, "the run's model")  # as models.load_model does, before TensorFlow and the data
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     return rundir.model_name(run_dir), stats
 

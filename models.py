@@ -468,6 +468,7 @@ def load_model(run_dir):
     path = os.path.join(run_dir, rundir.MODEL_FILE)
     if not os.path.isfile(path):
         raise UserError(f"{path}: missing (is '{run_dir}' a run folder made by train.py?)")
+    rundir.check_archive(path, "the run's model")  # damaged or truncated, not "File not found" as Keras says
     try:
         return keras.saving.load_model(path)
     except Exception as error:  # Keras raises many types for a damaged archive

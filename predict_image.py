@@ -127,9 +127,6 @@ def load_run(run_dir):
     rundir.check_run_dir(run_dir)
     results.check_record_has_model(run_dir)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
-    model_path = os.path.join(run_dir, rundir.MODEL_FILE)
-    if os.path.isfile(model_path):  # damaged, not "not found" as Keras would say; models.load_model tells a missing one
-        rundir.check_archive(model_path, "the run's model")
     import models  # TensorFlow: only once a model is needed
     model = models.load_model(run_dir)
     return model, stats, rundir.model_name(run_dir)

@@ -345,7 +345,7 @@ def test_a_damaged_checkpoint_of_the_only_epoch_is_refused(cifar_dir, tmp_path, 
     rundir.write_json(os.path.join(folder, checkpoint.STATE_FILE), state)
 
     for name, words in ((rundir.CONFIG_FILE, "config.json: damaged or truncated JSON (the run's settings)"),
-                        (rundir.STATS_FILE, "stats.json: not valid statistics JSON")):
+                        (rundir.STATS_FILE, "stats.json: damaged or truncated JSON (the standardization statistics")):
         kept = open(os.path.join(run, name), "rb").read()
         cut(os.path.join(run, name))
         refused(capsys, train.main, resume, words)
@@ -370,7 +370,7 @@ def test_a_damaged_checkpoint_of_the_only_epoch_is_refused(cifar_dir, tmp_path, 
 @pytest.mark.parametrize("name, damage, words", [
     (rundir.MODEL_FILE, "cut", "model.keras: damaged or truncated .keras file (the run's model)"),
     (rundir.MODEL_FILE, "other", "model.keras: not a .keras file, or damaged at its start (the run's model)"),
-    (rundir.STATS_FILE, "cut", "stats.json: not valid statistics JSON"),
+    (rundir.STATS_FILE, "cut", "stats.json: damaged or truncated JSON (the standardization statistics of the run)"),
     (rundir.CONFIG_FILE, "cut", "config.json: damaged or truncated JSON"),
 ])
 def test_evaluate_and_predict_name_a_damaged_file(trained_vgg16, run_copy, cifar_dir, tmp_path, capsys, name, damage,
@@ -401,6 +401,37 @@ def test_plots_and_results_name_a_damaged_history_or_record(trained_vgg16, run_c
     record = os.path.join(records, "run")
     cut(os.path.join(record, rundir.METRICS_FILE))
     refused(capsys, results.main, ["--results-dir", records, "table"], "metrics.json: damaged or truncated JSON")
+
+
+def test_every_loader_of_a_damaged_model_says_so(trained_vgg16, run_copy):
+    """models.load_model (evaluate.py, predict_image.py, results.py collect --with-model): the archive is
+    checked first, so a damaged file is not Keras' misleading "File not found"."""
+    import models
+    run = run_copy(trained_vgg16)
+    path = os.path.join(run, rundir.MODEL_FILE)
+    cut(path)
+    with pytest.raises(rundir.UserError) as raised:
+        models.load_model(run)
+    assert str(raised.value) == f"{path}: damaged or truncated .keras file (the run's model)"
+
+
+@pytest.mark.parametrize("content, words", [
+    (None, "missing (the standardization statistics of the run)"),
+    ('{"mean": 120.7, "st', "damaged or truncated JSON (the standardization statistics of the run): "),
+    ("[120.7, 64.1]", "not the standardization statistics of the run: a JSON list where an object was expected"),
+    ('{"mean": 120.7}', "not the standardization statistics of the run: needs numbers 'mean' and 'std' "
+     "(KeyError: 'std')"),
+    ('{"mean": 120.7, "std": 0}', "unusable statistics mean=120.7, std=0.0"),
+])
+def test_load_stats_says_what_is_wrong(tmp_path, content, words):
+    import data
+    path = str(tmp_path / rundir.STATS_FILE)
+    if content is not None:
+        with open(path, "w") as handle:
+            handle.write(content)
+    with pytest.raises(data.DataError) as raised:
+        data.load_stats(path)
+    assert str(raised.value).startswith(f"{path}: {words}"), raised.value
 
 
 @pytest.mark.parametrize("content, words", [

@@ -327,10 +327,11 @@ def test_collect_never_mixes_replaces_or_half_writes_a_record(evaluated_run, run
     assert json.load(open(record / rundir.CONFIG_FILE))["record"]["with_model"] is False
 
     damaged = run_copy(evaluated_run, "damaged")
+    model = open(os.path.join(damaged, rundir.MODEL_FILE), "rb").read()
     with open(os.path.join(damaged, rundir.MODEL_FILE), "wb") as handle:
-        handle.write(b"not a keras archive")
+        handle.write(model[:len(model) // 2])  # a copy cut short
     os.utime(os.path.join(damaged, rundir.METRICS_FILE))  # not older than the model it would describe
-    refused(["--with-model", damaged], "cannot be loaded")
+    refused(["--with-model", damaged], "model.keras: damaged or truncated .keras file (the run's model)")
     assert sorted(os.listdir(out)) == ["alexnet_short"]  # no half record, no staging folder left
 
     limited = run_copy(evaluated_run, "limited")

@@ -68,21 +68,35 @@ PIPELINE_NAMES = tuple(dict.fromkeys(name for name, _, _ in PIPELINES))
 PREDICT_PRECISIONS = ("float32", "mixed")
 
 
+def _steal_seconds():
+    """CPU seconds the hypervisor gave other guests (Linux's steal time), summed over the cores; None elsewhere."""
+    try:
+        with open("/proc/stat") as handle:
+            fields = handle.readline().split()
+        return int(fields[8]) / os.sysconf("SC_CLK_TCK")
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 class _EpochTimer(keras.callbacks.Callback):
-    """Wall-clock seconds of every epoch, as model.fit runs it."""
+    """Wall-clock seconds of every epoch, as model.fit runs it, with the CPU seconds it used and lost."""
 
     def __init__(self):
         super().__init__()
         self.seconds = []
         self.cpu_seconds = []  # of every thread of the process: cores used = cpu_seconds / seconds
+        self.steal_seconds = []  # taken by the hypervisor from this machine's cores: a busy host
 
     def on_epoch_begin(self, epoch, logs=None):
         self._start = time.perf_counter()
         self._cpu_start = time.process_time()
+        self._steal_start = _steal_seconds()
 
     def on_epoch_end(self, epoch, logs=None):
         self.seconds.append(time.perf_counter() - self._start)
         self.cpu_seconds.append(time.process_time() - self._cpu_start)
+        steal = _steal_seconds()
+        self.steal_seconds.append(None if steal is None or self._steal_start is None else steal - self._steal_start)
 
 
 def matmul_peak(size=PEAK_SIZE, repeats=PEAK_REPEATS):
@@ -141,7 +155,8 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
 
     Returns:
         (a list of `repeats` images/s figures, the cores the process kept busy over the
-        timed epochs: CPU seconds of all its threads over wall seconds).
+        timed epochs: CPU seconds of all its threads over wall seconds, and per timed epoch
+        {"cores": the same, "steal_cores": the cores the hypervisor took from the machine}).
     """
     keras.backend.clear_session()
     models.set_precision(precision, on_gpu=_on_gpu())
@@ -171,7 +186,10 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
     finally:
         models.set_precision("float32")
     cores = sum(timer.cpu_seconds[1:]) / sum(timer.seconds[1:])
-    return [len(x_train) / seconds for seconds in timer.seconds[1:]], cores
+    per_epoch = {"cores": [cpu / wall for cpu, wall in zip(timer.cpu_seconds[1:], timer.seconds[1:])],
+                 "steal_cores": [None if steal is None else steal / wall
+                                 for steal, wall in zip(timer.steal_seconds[1:], timer.seconds[1:])]}
+    return [len(x_train) / seconds for seconds in timer.seconds[1:]], cores, per_epoch
 
 
 def measure_prediction(name, precision, x_test, stats, repeats=DEFAULT_REPEATS,
@@ -309,8 +327,9 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
                 continue
             size = batch_size or own or recipes.recipe_settings(recipe, name).batch_size
             count = images_for(precision, len(x_train))
-            rates, cores = measure_training(name, pipeline, precision, x_train[:count], y_train[:count], stats,
-                                            repeats, batch_size=size, steps_per_execution=steps_per_execution)
+            rates, cores, per_epoch = measure_training(name, pipeline, precision, x_train[:count], y_train[:count],
+                                                       stats, repeats, batch_size=size,
+                                                       steps_per_execution=steps_per_execution)
             median = statistics.median(rates)
             baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
             size = min(size, count)  # the batch it trained with: fewer images make one smaller
@@ -319,10 +338,10 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
                                        "batch_size": size, "images_per_second": median,
                                        "ratio_to_first": median / baseline, "cores_used": cores,
                                        "gflop_per_image": gflop, "share_of_peak": share,
-                                       "images": count, "runs": rates})
+                                       "images": count, "runs": rates, **per_epoch})
             log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {size:<4} {median:6.0f} images/s  "
                 f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak, {cores:.2f} cores "
-                f"(runs: {', '.join(f'{rate:.0f}' for rate in rates)})"
+                f"(runs: {', '.join(f'{rate:.0f} at {busy:.2f}' for rate, busy in zip(rates, per_epoch['cores']))})"
                 + (f"  ({count} images)" if count < len(x_train) else ""))
         for precision in PREDICT_PRECISIONS if predict else ():
             count = images_for(precision, len(x_test))

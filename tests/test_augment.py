@@ -425,7 +425,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     assert [(r["pipeline"], r["precision"]) for r in training] == [
         ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("short", "mixed"), ("short-noaug", "mixed"),
         ("long", "float32"), ("long", "mixed"), ("long-noaug", "mixed")]
-    assert all(0 < r["cores_used"] for r in training)
+    assert all(0 < r["cores_used"] and len(r["cores"]) == len(r["steal_cores"]) == 1 for r in training)
     # Each row's share of the peak measured in the same process: its images/s at the model's GFLOP.
     peak = report["matmul_peak_gflops"]
     assert peak > 0 and report["matmul_peak_gflops_after"] > 0

@@ -532,7 +532,8 @@ def test_weight_decay_shrinks_kernels_only():
 @pytest.mark.parametrize("optimizer", ["sgd", "adam"])
 def test_classifier_lr_scale_slows_the_classifier_alone_and_survives_a_save(optimizer, tmp_path):
     def one_step(scale):
-        settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), optimizer=optimizer, learning_rate=0.1,
+        settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), optimizer=optimizer,
+                                       learning_rate=0.1,
                                        classifier_lr_scale=scale, warmup_fraction=0.0, weight_decay=0.0)
         keras.utils.set_random_seed(0)
         model = models.build_model("alexnet")

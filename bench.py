@@ -99,9 +99,10 @@ class _EpochTimer(keras.callbacks.Callback):
         self.steal_seconds.append(None if steal is None or self._steal_start is None else steal - self._steal_start)
 
 
-def matmul_peak(size=PEAK_SIZE, repeats=PEAK_REPEATS):
+def matmul_peak(size=None, repeats=None):
     """TensorFlow's bfloat16 matmul rate on this machine, now: median GFLOP/s of `repeats` products."""
     import tensorflow as tf
+    size, repeats = size or PEAK_SIZE, repeats or PEAK_REPEATS
     a, b = (tf.random.normal([size, size], dtype=tf.bfloat16, seed=seed) for seed in (1, 2))
     for _ in range(5):
         tf.linalg.matmul(a, b).numpy()  # warm-up: thread pools and oneDNN's kernel choice

@@ -328,12 +328,16 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
 
         def augmented(index, batch_seed):
             x, y = standardized(index)
-            transform_seed, cutout_seed, keras_seed = tf.unstack(
-                tf.random.experimental.stateless_split(batch_seed, num=3))
+            if not (cutout or layers or mix):
+                return augment_fn(x, batch_seed), y
+            # A third seed only for Keras' layers: runs without them draw as they always have.
+            transform_seed, cutout_seed, *keras_seed = tf.unstack(
+                tf.random.experimental.stateless_split(batch_seed, num=3 if layers or mix else 2))
             x = augment_fn(x, transform_seed)
             if cutout:
                 x = cutout_batch(x, cutout, cutout_seed)
-            keras_seeds.batch_seed, keras_seeds.draws = keras_seed, 0
+            if keras_seed:
+                keras_seeds.batch_seed, keras_seeds.draws = keras_seed[0], 0
             for layer in layers:
                 x = layer(x, training=True)
             if mix:

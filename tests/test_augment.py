@@ -338,11 +338,24 @@ def test_keras_layers_follow_the_pipelines_seed(small, options):
         np.testing.assert_array_equal(first[1], labels)
 
 
-def test_mixup_mixes_each_image_and_its_label_by_one_weight(small):
+def test_mixup_mixes_each_image_and_its_label_by_one_weight(small, monkeypatch):
+    import keras
+
+    class Unmixed(keras.layers.Layer):
+        """In MixUp's place: the same seeds drawn for the crop, the batch left as it is."""
+
+        def __init__(self, alpha, dtype=None):
+            super().__init__(dtype=dtype)
+
+        def call(self, data, training=None):
+            return data
     images, labels, stats = small
-    crop = _epoch(augment.make_dataset(images, labels, stats, 100, augment="crop", shuffle=False, seed=7))[0]
     x, y, _ = _epoch(augment.make_dataset(images, labels, stats, 100, augment="crop", shuffle=False, seed=7,
                                           mixing="mixup"))
+    monkeypatch.setitem(augment.MIXINGS, "mixup", Unmixed)
+    crop, unmixed, _ = _epoch(augment.make_dataset(images, labels, stats, 100, augment="crop", shuffle=False, seed=7,
+                                                   mixing="mixup"))
+    np.testing.assert_array_equal(unmixed, labels)
     flat, crop_flat = x.reshape(100, -1), crop.reshape(100, -1)
     for i in range(100):
         # Some partner j and weight w give both: x = w crop_i + (1 - w) crop_j, y = w y_i + (1 - w) y_j.

@@ -404,11 +404,16 @@ def resolve_settings(model_name, settings):
     return dataclasses.replace(settings, **changes)
 
 
+def saved_settings(saved):
+    """The Settings of a config.json's "settings": a setting it predates at its default, one since removed left out."""
+    known = {field.name for field in dataclasses.fields(Settings)}
+    return Settings(**{key: value for key, value in saved.items() if key in known})
+
+
 def load_settings(run_dir):
     """The resolved Settings saved in a run folder's config.json (for --resume)."""
     config = rundir.read_json(os.path.join(run_dir, rundir.CONFIG_FILE), "the run's settings")
-    known = {field.name for field in dataclasses.fields(Settings)}
-    return Settings(**{key: value for key, value in config.get("settings", {}).items() if key in known})
+    return saved_settings(config.get("settings", {}))
 
 
 

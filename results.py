@@ -226,8 +226,7 @@ def _resolved(model_name, settings):
 
     import recipes  # TensorFlow: only when a table is made
     if isinstance(settings, dict):
-        known = {field.name for field in dataclasses.fields(recipes.Settings)}
-        settings = recipes.Settings(**{key: value for key, value in settings.items() if key in known})
+        settings = recipes.saved_settings(settings)
     # A fixed seed and precision: resolve_settings would draw the one and ask the CPU for the other.
     settings = dataclasses.replace(settings, seed=settings.seed if settings.seed is not None else 0,
                                    precision="float32" if settings.precision == "auto" else settings.precision)

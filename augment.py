@@ -252,7 +252,9 @@ def keras_augmentation(value_range, policy=None, erasing=0.0, mixing=None, mixin
     if policy:
         images.append(POLICIES[policy](value_range=value_range, dtype="float32"))
     if erasing:
-        images.append(keras.layers.RandomErasing(factor=erasing, value_range=value_range, dtype="float32"))
+        # (P, P): P is each image's probability; a single number would draw it from 0 to P.
+        images.append(keras.layers.RandomErasing(factor=(erasing, erasing), value_range=value_range,
+                                                 dtype="float32"))
     mix = MIXINGS[mixing]((mixing_alpha if mixing == "mixup" else (mixing_alpha, mixing_alpha)),
                           dtype="float32") if mixing else None
     for layer in [*images, *([mix] if mix else [])]:

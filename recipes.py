@@ -99,8 +99,9 @@ class Settings:
                            "keras.layers.RandAugment (Cubuk et al. 2020; 2 ops an image, magnitude 0.5); "
                            "paper: none", choices=("none", *augment.POLICIES),
                            when=("augmentation", CUTOUT_AUGMENTATIONS))
-    erasing: float = _setting(0.0, "probability that keras.layers.RandomErasing blanks a random rectangle "
-                              "(2-33 %% of the image) of each training image; 0: none; paper: none",
+    erasing: float = _setting(0.0, "probability that keras.layers.RandomErasing fills a random rectangle "
+                              "(2-33 %% of the image) of a training image with noise (Zhong et al. 2020: "
+                              "0.5 on CIFAR-10); 0: none; paper: none",
                               when=("augmentation", CUTOUT_AUGMENTATIONS))
     mixing: str = _setting("none", "mix pairs of training images and their labels: mixup: keras.layers.MixUp "
                            "(Zhang et al. 2018); cutmix: keras.layers.CutMix (Yun et al. 2019); paper: none",

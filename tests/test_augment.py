@@ -338,6 +338,18 @@ def test_keras_layers_follow_the_pipelines_seed(small, options):
         np.testing.assert_array_equal(first[1], labels)
 
 
+@pytest.mark.parametrize("probability", [1.0, 0.5])
+def test_erasing_is_each_images_probability(small, probability, monkeypatch):
+    import keras
+    images, labels, stats = small
+    make = lambda: _epoch(augment.make_dataset(  # noqa: E731
+        images, labels, stats, len(images), augment="crop", shuffle=False, seed=3, erasing=probability))[0]
+    erased = make()
+    # The reference: the same crops, through a stand-in that erases nothing.
+    monkeypatch.setattr(keras.layers, "RandomErasing", lambda **options: keras.layers.Identity())
+    share = (erased != make()).any(axis=(1, 2, 3)).mean()
+    assert share == 1.0 if probability == 1.0 else 0.35 < share < 0.65
+
 def test_mixup_mixes_each_image_and_its_label_by_one_weight(small, monkeypatch):
     import keras
 

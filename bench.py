@@ -65,6 +65,7 @@ RECIPE_OF_PIPELINE = {"fast": "paper", "short": "short", "short-noaug": "short",
 PEAK_SIZE = 2048  # the yardstick: tf.linalg.matmul of two PEAK_SIZE x PEAK_SIZE bfloat16 tensors
 PEAK_REPEATS = 20  # timed products, after 5 untimed
 PIPELINE_NAMES = tuple(dict.fromkeys(name for name, _, _ in PIPELINES))
+RECIPES_WITH_LAYERS = ("short", "long")  # the rows --policy, --erasing and --mixing add their layers to
 PREDICT_PRECISIONS = ("float32", "mixed")
 
 
@@ -128,16 +129,17 @@ def training_gflop(model):
     return 3 * flop / 1e9
 
 
-def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
+def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1, layers=None):
     """A fresh model compiled as train.py compiles `recipe` (its optimizer, schedule and loss)."""
     model = models.build_model(name, weights=None)
-    settings = dataclasses.replace(recipes.recipe_settings(recipe, name), steps_per_execution=steps_per_execution)
+    settings = dataclasses.replace(recipes.recipe_settings(recipe, name), steps_per_execution=steps_per_execution,
+                                   **(layers or {}))
     recipes.compile_model(model, settings, steps_per_epoch)
     return model
 
 
 def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats=DEFAULT_REPEATS,
-                     batch_size=BATCH_SIZE, seed=0, steps_per_execution=STEPS_PER_EXECUTION):
+                     batch_size=BATCH_SIZE, seed=0, steps_per_execution=STEPS_PER_EXECUTION, layers=None):
     """Training images/s of a fresh `name` model, one value per timed epoch, and the cores it used.
 
     Args:
@@ -153,6 +155,8 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
             is one pass over them.
         stats: data.compute_stats of the training split.
         repeats: timed epochs, after one untimed warm-up epoch.
+        layers: settings that add Keras' augmentation layers to a recipe's own pipeline
+            ({"policy": "randaugment"}, {"erasing": 0.5}, {"mixing": "mixup"}).
 
     Returns:
         (a list of `repeats` images/s figures, the cores the process kept busy over the
@@ -168,8 +172,10 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
                                                  batch_size=batch_size, seed=seed)
         elif pipeline in RECIPE_OF_PIPELINE:
             recipe = RECIPE_OF_PIPELINE[pipeline]
-            model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
-            settings = recipes.recipe_settings(recipe, name)
+            with_layers = layers if pipeline in RECIPES_WITH_LAYERS else None
+            model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size),
+                                    with_layers)
+            settings = dataclasses.replace(recipes.recipe_settings(recipe, name), **(with_layers or {}))
             options = {}
             if pipeline == "fast":
                 augmentation = "paper"
@@ -300,9 +306,10 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
 
 
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print,
-              pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION, batch_size=None):
-    """Every measurement for every model (training: the PIPELINES named in `pipelines`);
-    returns the report as a JSON-ready dict."""
+              pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION, batch_size=None,
+              layers=None):
+    """Every measurement for every model (training: the PIPELINES named in `pipelines`, the
+    recipes' own with `layers` added); returns the report as a JSON-ready dict."""
     cpu, bf16 = rundir.cpu_description()
     # Mixed precision on a CPU that only emulates bfloat16 is timed on fewer images.
     slow_mixed = not bf16 and not _on_gpu()
@@ -316,7 +323,8 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
         "settings": {"models": list(model_names), "pipelines": list(pipelines), "predict": predict,
                      "train_images": len(x_train), "test_images": len(x_test),
                      "repeats": repeats, "predict_batch_size": PREDICT_BATCH_SIZE,
-                     "steps_per_execution": steps_per_execution, "batch_size": batch_size},
+                     "steps_per_execution": steps_per_execution, "batch_size": batch_size,
+                     "layers": layers or {}},
         "versions": _versions(), "training": [], "prediction": [],
     }
     for name in model_names:
@@ -330,7 +338,7 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
             count = images_for(precision, len(x_train))
             rates, cores, per_epoch = measure_training(name, pipeline, precision, x_train[:count], y_train[:count],
                                                        stats, repeats, batch_size=size,
-                                                       steps_per_execution=steps_per_execution)
+                                                       steps_per_execution=steps_per_execution, layers=layers)
             median = statistics.median(rates)
             baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
             size = min(size, count)  # the batch it trained with: fewer images make one smaller
@@ -412,6 +420,12 @@ def main(argv=None):
                         help="training steps a compiled call (default: %(default)s)")
     parser.add_argument("--batch-size", type=_positive, help="train every row at this batch size (default: "
                         "the paper's 64 for paper and fast, each recipe's own for its rows)")
+    parser.add_argument("--policy", choices=augment.POLICIES, help="add this augmentation policy to the "
+                        "recipes' own rows (short, long), as train.py's --policy does")
+    parser.add_argument("--erasing", type=float, help="add keras.layers.RandomErasing with this probability to "
+                        "the recipes' own rows, as train.py's --erasing does")
+    parser.add_argument("--mixing", choices=augment.MIXINGS, help="add this batch-mixing layer to the recipes' "
+                        "own rows, as train.py's --mixing does")
     parser.add_argument("--no-predict", action="store_true", help="time training only, not prediction")
     parser.add_argument("--transfer", action="store_true", help="instead, time vgg16_pretrained's ways to "
                         "train on --images images (default here 640): a frozen-base epoch the report's way, "
@@ -430,6 +444,10 @@ def main(argv=None):
     if unknown or not names:
         raise rundir.UserError(f"unknown model '{unknown[0] if unknown else args.models}'; "
                                f"choose from {', '.join(models.MODELS)}")
+    layers = {key: value for key, value in (("policy", args.policy), ("erasing", args.erasing),
+                                            ("mixing", args.mixing)) if value is not None}
+    if layers:
+        recipes.check_settings("vgg16", dataclasses.replace(recipes.recipe_settings("short", "vgg16"), **layers))
     x_train, y_train, x_test, stats = load_bench_data(args.data_dir, args.images or DEFAULT_IMAGES,
                                                       args.test_images)
     cpu, bf16 = rundir.cpu_description()
@@ -439,7 +457,7 @@ def main(argv=None):
     start = time.perf_counter()
     report = run_bench(names, x_train, y_train, x_test, stats, args.repeats, log=_log, pipelines=pipelines,
                        predict=not args.no_predict, steps_per_execution=args.steps_per_execution,
-                       batch_size=args.batch_size)
+                       batch_size=args.batch_size, layers=layers)
     report["data_source"] = os.path.basename(data.describe_source(args.data_dir))  # a name, not this machine's path
     report["seconds"] = time.perf_counter() - start
     rundir.write_json(args.out, report)

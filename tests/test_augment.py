@@ -423,9 +423,11 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
             fitting.clear()
     make_dataset = bench.augment.make_dataset
     pipelines = []  # (augment, cutout, crop_padding) of each tf.data measurement's input pipeline
+    erasings = []  # and its RandomErasing probability
 
     def recording_make_dataset(*args, **kwargs):
         pipelines.append((kwargs["augment"], kwargs.get("cutout", 0), kwargs.get("crop_padding", augment.CROP_PADDING)))
+        erasings.append(kwargs.get("erasing", 0.0))
         return make_dataset(*args, **kwargs)
     compiled_model = bench._compiled_model
     optimizers = []  # the recipe whose optimizer each measurement's model was compiled with
@@ -473,16 +475,24 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
     assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])
 
-    # A chosen subset, training only, on a network no recipe of it serves but short; unknown is one line.
+    assert report["settings"]["layers"] == {} and set(erasings) == {0.0}
+
+    # A chosen subset, training only, on a network no recipe of it serves but short, with a Keras
+    # layer added to the recipe's pipeline; an unknown pipeline or a bad probability is one line.
     seen.clear()
     assert bench.main(["--data-dir", str(cifar_dir), "--models", "alexnet", "--images", "320", "--repeats", "1",
-                       "--pipelines", "short,long", "--batch-size", "64", "--no-predict", "--out", str(out)]) == 0
+                       "--pipelines", "short,long", "--batch-size", "64", "--no-predict", "--erasing", "0.5",
+                       "--out", str(out)]) == 0
     report = json.loads(out.read_text())
+    assert report["settings"]["layers"] == {"erasing": 0.5} and erasings[-1] == 0.5
     assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == [("short", "mixed", 64)]
     assert report["prediction"] == []
     assert [max(sizes) for sizes, _ in seen] == [r["batch_size"] for r in report["training"]]  # 128 where emulated
     with pytest.raises(SystemExit) as raised:
         bench.main(["--data-dir", str(cifar_dir), "--pipelines", "crop,warp", "--out", str(out)])
+    assert raised.value.code == 2
+    with pytest.raises(SystemExit) as raised:
+        bench.main(["--data-dir", str(cifar_dir), "--erasing", "2", "--out", str(out)])
     assert raised.value.code == 2
     assert keras.config.dtype_policy().name == "float32"  # the mixed policy never leaks out
 

@@ -15,6 +15,7 @@ from rundir import UserError
 
 import keras
 import numpy as np
+import tensorflow as tf
 from keras import layers
 
 INPUT_SHAPE = (32, 32, 3)
@@ -37,6 +38,37 @@ class WeightsError(UserError):
 def _classifier(x, num_classes):
     # Softmax in float32 even under a mixed-precision policy, as Keras' guide advises.
     return layers.Dense(num_classes, activation="softmax", dtype="float32", name="predictions")(x)
+
+
+@keras.saving.register_keras_serializable(package="cifar10")
+class FusedBatchNormalization(layers.BatchNormalization):
+    """Keras' BatchNormalization, trained with TensorFlow's fused kernel.
+
+    Keras 3 trains BatchNormalization as separate float32 ops (a cast, the moments, the
+    normalization), each a pass over the activations; TensorFlow's FusedBatchNormV3 (oneDNN
+    on CPU, cuDNN on GPU) does it in one on the bfloat16 or float16 activations. Same
+    variables, same moving-average update and same inference path as Keras' layer, so
+    weights move between the two. Anything the kernel does not cover (not 4-D channels-last,
+    a mask, renorm, synchronized statistics) goes to Keras' own code.
+    """
+
+    def call(self, inputs, training=None, mask=None):
+        if (not (training and self.trainable) or mask is not None or len(inputs.shape) != 4
+                or self.axis not in (-1, 3) or self.renorm or self.synchronized):
+            return super().call(inputs, training=training, mask=mask)
+        channels = inputs.shape[-1]
+        gamma = tf.cast(self.gamma, "float32") if self.scale else tf.ones([channels])
+        beta = tf.cast(self.beta, "float32") if self.center else tf.zeros([channels])
+        outputs, mean, variance, *_ = tf.raw_ops.FusedBatchNormV3(
+            x=inputs, scale=gamma, offset=beta, mean=tf.constant([], "float32"),
+            variance=tf.constant([], "float32"), epsilon=self.epsilon, exponential_avg_factor=1.0,
+            data_format="NHWC", is_training=True)
+        # The kernel returns the Bessel-corrected variance; Keras' layer averages the biased one.
+        count = tf.cast(tf.reduce_prod(tf.shape(inputs)[:-1]), "float32")
+        variance = variance * (count - 1.0) / count
+        self.moving_mean.assign(self.moving_mean * self.momentum + mean * (1.0 - self.momentum))
+        self.moving_variance.assign(self.moving_variance * self.momentum + variance * (1.0 - self.momentum))
+        return outputs
 
 
 def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=VGG16_DROPOUT_RATES,
@@ -65,7 +97,7 @@ def build_vgg16(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rates=
         for conv in (1, 2):
             x = layers.Conv2D(filters, 3, padding="same", activation="relu",
                               name=f"block{block}_conv{conv}")(x)
-            x = layers.BatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{conv}")(x)
+            x = FusedBatchNormalization(momentum=bn_momentum, name=f"block{block}_bn{conv}")(x)
         x = layers.MaxPooling2D(2, name=f"block{block}_pool")(x)
         x = layers.Dropout(rate, name=f"block{block}_dropout")(x)
     x = layers.Flatten(name="flatten")(x)
@@ -95,16 +127,16 @@ def build_alexnet(input_shape=INPUT_SHAPE, num_classes=NUM_CLASSES, dropout_rate
         raise ValueError(f"dropout_rates needs 2 values, received {dropout_rates!r}")
     inputs = keras.Input(shape=input_shape, name="image")
     x = layers.Conv2D(128, 11, strides=4, activation="relu", name="conv1")(inputs)
-    x = layers.BatchNormalization(momentum=bn_momentum, name="bn1")(x)
+    x = FusedBatchNormalization(momentum=bn_momentum, name="bn1")(x)
     x = layers.MaxPooling2D(2, name="pool1")(x)
     x = layers.Conv2D(256, 5, padding="same", activation="relu", name="conv2")(x)
-    x = layers.BatchNormalization(momentum=bn_momentum, name="bn2")(x)
+    x = FusedBatchNormalization(momentum=bn_momentum, name="bn2")(x)
     x = layers.MaxPooling2D(2, name="pool2")(x)
     # Figure 3's conv2d_2 (3x3 on a 1x1 map) needs "same" padding; its 590,880 is a
     # typo for 590,080 (3*3*256*256 + 256), which the stated total confirms.
     for index, size in ((3, 3), (4, 1), (5, 1)):
         x = layers.Conv2D(256, size, padding="same", activation="relu", name=f"conv{index}")(x)
-        x = layers.BatchNormalization(momentum=bn_momentum, name=f"bn{index}")(x)
+        x = FusedBatchNormalization(momentum=bn_momentum, name=f"bn{index}")(x)
     # A 2x2 pool of a 1x1 map needs "same" padding to keep Figure 3's 1x1 output.
     x = layers.MaxPooling2D(2, padding="same", name="pool3")(x)
     x = layers.Flatten(name="flatten")(x)

@@ -62,6 +62,44 @@ def test_save_and_reload_predicts_the_same(built, tmp_path):
     np.testing.assert_allclose(before.sum(axis=1), 1, rtol=1e-5)
 
 
+@pytest.mark.parametrize("policy, tolerance", [("float32", 1e-5), ("mixed_bfloat16", 2e-2)])
+def test_fused_batch_normalization_trains_as_keras_layer_does(policy, tolerance):
+    """Outputs, gradients and moving statistics after two training steps, then inference."""
+    import tensorflow as tf
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy(policy)
+    try:
+        ours = models.FusedBatchNormalization(momentum=0.9)
+        theirs = keras.layers.BatchNormalization(momentum=0.9)
+        rng = np.random.default_rng(0)
+        images = [tf.cast(rng.normal(2.0, 3.0, size=(8, 6, 6, 5)), ours.compute_dtype) for _ in range(2)]
+        for layer in (ours, theirs):
+            layer.build(images[0].shape)
+        theirs.set_weights([rng.normal(1.0, 0.5, size=w.shape) for w in theirs.get_weights()])
+        ours.set_weights(theirs.get_weights())
+        weight = tf.constant(rng.normal(size=images[0].shape), "float32")  # a loss that weighs each output apart
+        for x in images:
+            grads = []
+            for layer in (ours, theirs):
+                with tf.GradientTape() as tape:
+                    tape.watch(x)
+                    y = layer(x, training=True)
+                    loss = tf.reduce_sum(tf.cast(y, "float32") * weight)
+                grads.append([y, *tape.gradient(loss, [x, layer.gamma, layer.beta])])
+                assert y.dtype == layer.compute_dtype
+            for a, b in zip(*grads):
+                a, b = np.asarray(tf.cast(a, "float32")), np.asarray(tf.cast(b, "float32"))
+                np.testing.assert_allclose(a, b, rtol=tolerance, atol=tolerance * np.abs(b).max())
+        for a, b in zip(ours.non_trainable_weights, theirs.non_trainable_weights):
+            np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(tf.cast(ours(images[0]), "float32"), tf.cast(theirs(images[0]), "float32"),
+                                   rtol=tolerance, atol=tolerance)
+        graph = tf.function(lambda x: ours(x, training=True)).get_concrete_function(images[0]).graph
+        assert "FusedBatchNormV3" in {op.type for op in graph.get_operations()}
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+
+
 def test_vgg16_block_structure():
     model = models.build_vgg16()
     for block, (filters, rate) in enumerate(zip((32, 64, 128, 256), (0.2, 0.3, 0.4, 0.5)), start=1):

@@ -324,7 +324,7 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
                      "train_images": len(x_train), "test_images": len(x_test),
                      "repeats": repeats, "predict_batch_size": PREDICT_BATCH_SIZE,
                      "steps_per_execution": steps_per_execution, "batch_size": batch_size,
-                     "layers": layers or {}},
+                     "layers": layers or {}, "threads": _threads()},
         "versions": _versions(), "training": [], "prediction": [],
     }
     for name in model_names:
@@ -364,6 +364,13 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
     report["slow_mixed"] = slow_mixed
     report["matmul_peak_gflops_after"] = matmul_peak()  # the host's pace can change during a bench
     return report
+
+
+def _threads():
+    """TensorFlow's inter- and intra-op thread pools as set in this process; 0: its default, one per core."""
+    import tensorflow as tf
+    return {"inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+            "intra_op": tf.config.threading.get_intra_op_parallelism_threads()}
 
 
 def _versions():

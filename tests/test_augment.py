@@ -476,6 +476,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     assert all(r["seconds_for_test_set"] > 0 for r in report["prediction"])
 
     assert report["settings"]["layers"] == {} and set(erasings) == {0.0}
+    assert report["settings"]["threads"] == {"inter_op": 0, "intra_op": 0}  # TensorFlow's defaults
 
     # A chosen subset, training only, on a network no recipe of it serves but short, with a Keras
     # layer added to the recipe's pipeline; an unknown pipeline or a bad probability is one line.

@@ -129,11 +129,10 @@ def training_gflop(model):
     return 3 * flop / 1e9
 
 
-def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1, layers=None):
+def _compiled_model(name, recipe="paper", steps_per_execution=1, steps_per_epoch=1):
     """A fresh model compiled as train.py compiles `recipe` (its optimizer, schedule and loss)."""
     model = models.build_model(name, weights=None)
-    settings = dataclasses.replace(recipes.recipe_settings(recipe, name), steps_per_execution=steps_per_execution,
-                                   **(layers or {}))
+    settings = dataclasses.replace(recipes.recipe_settings(recipe, name), steps_per_execution=steps_per_execution)
     recipes.compile_model(model, settings, steps_per_epoch)
     return model
 
@@ -173,8 +172,7 @@ def measure_training(name, pipeline, precision, x_train, y_train, stats, repeats
         elif pipeline in RECIPE_OF_PIPELINE:
             recipe = RECIPE_OF_PIPELINE[pipeline]
             with_layers = layers if pipeline in RECIPES_WITH_LAYERS else None
-            model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size),
-                                    with_layers)
+            model = _compiled_model(name, recipe, steps_per_execution, math.ceil(len(x_train) / batch_size))
             settings = dataclasses.replace(recipes.recipe_settings(recipe, name), **(with_layers or {}))
             options = {}
             if pipeline == "fast":

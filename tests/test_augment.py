@@ -155,6 +155,14 @@ def test_without_augmentation_batches_are_exactly_data_standardize(small):
     np.testing.assert_array_equal(y, labels)
 
 
+@pytest.mark.parametrize("augmentation", [None, "crop", "paper"])
+def test_pipelines_run_without_tf_data_autotuning(small, augmentation):
+    """Autotuning's thread makes dropping an iterator, at each epoch's start, wait up to a minute."""
+    images, labels, stats = small
+    dataset = augment.make_dataset(images, labels, stats, 32, augment=augmentation, shuffle=True, seed=0)
+    assert dataset.options().autotune.enabled is False
+
+
 def _order(x, stats):
     """The source index of every yielded image, read from its tag pixel."""
     return np.rint(x[:, 0, 0, 0] * stats["std"] + stats["mean"]).astype(int)

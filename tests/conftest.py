@@ -15,6 +15,18 @@ from cifar_fixtures import make_images, write_binary
 TINY = {"limit": 64, "batch_size": 32, "augmentation": "none", "seed": 0}
 
 
+# Module fixtures that train or evaluate a run (5-15 s each). Under pytest-xdist's -n, the tests
+# that use one go to one worker (pytest.ini's --dist loadgroup), so it is built once, not once a worker.
+SHARED_RUNS = {"transfer_run", "killed_transfer_runs", "runs", "evaluated_run", "vgg16_run"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's worker reads the marks
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if SHARED_RUNS & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.xdist_group(item.module.__name__))
+
+
 @pytest.fixture(scope="session")
 def cifar_dir(tmp_path_factory):
     """A full-size synthetic CIFAR-10 (50,000 + 10,000 images) in the binary layout.

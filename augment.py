@@ -350,9 +350,9 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
             augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:
         dataset = batches.map(standardized, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
-    # AUTOTUNE below then means one map call a core and a prefetch buffer sized on demand. With
-    # autotuning on, dropping an iterator (Keras does at each epoch's start) waited for the
-    # autotuner's background thread: up to 40 s with both cores idle (docs/performance.md).
+    # Autotuning off: AUTOTUNE then means one map call a core and a prefetch buffer grown on
+    # demand. With it on, dropping an iterator (Keras does at each epoch's start) waited for the
+    # autotuner's background thread, with both cores idle (docs/performance.md).
     options = tf.data.Options()
     options.autotune.enabled = False
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(options)

@@ -157,7 +157,7 @@ def test_without_augmentation_batches_are_exactly_data_standardize(small):
 
 @pytest.mark.parametrize("augmentation", [None, "crop", "paper"])
 def test_pipelines_run_without_tf_data_autotuning(small, augmentation):
-    """With autotuning on, dropping an iterator at each epoch's start waited up to 40 s for its thread."""
+    """With autotuning on, dropping an iterator at each epoch's start waited tens of seconds for its thread."""
     images, labels, stats = small
     dataset = augment.make_dataset(images, labels, stats, 32, augment=augmentation, shuffle=True, seed=0)
     assert dataset.options().autotune.enabled is False

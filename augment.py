@@ -264,8 +264,32 @@ def keras_augmentation(value_range, policy=None, erasing=0.0, mixing=None, mixin
     return images, mix, seeds
 
 
+class RefineStage(keras.callbacks.Callback):
+    """Switches a pipeline's heavier augmentation off for a run's last epochs: the refine stage of
+    He et al. 2019 (Data augmentation revisited), training on crops and flips alone at the end.
+
+        stage = RefineStage(first_epoch=52)            # 0-based: epochs 53 onward are refined
+        dataset = make_dataset(..., cutout=12, heavy=stage.heavy)
+        model.fit(dataset, epochs=58, callbacks=[stage])
+
+    Keras makes each epoch's iterator after on_epoch_begin, so no batch of a refined epoch is
+    drawn before the switch; the epoch index makes a resumed run switch at the same epoch.
+    """
+
+    def __init__(self, first_epoch, log=None):
+        super().__init__()
+        self.first_epoch, self.log = int(first_epoch), log
+        self.heavy = tf.Variable(True, trainable=False, name="heavy_augmentation")
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.heavy.assign(epoch < self.first_epoch)
+        if epoch == self.first_epoch and self.log:
+            self.log(f"epochs {epoch + 1} onward: crop and flip only (refine stage)")
+
+
 def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=None, cutout=0,
-                 crop_padding=CROP_PADDING, policy=None, erasing=0.0, mixing=None, mixing_alpha=1.0):
+                 crop_padding=CROP_PADDING, policy=None, erasing=0.0, mixing=None, mixing_alpha=1.0,
+                 heavy=None):
     """A tf.data pipeline of standardized (and optionally augmented) batches.
 
     Args:
@@ -283,6 +307,8 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
         policy, erasing, mixing, mixing_alpha: with `augment`, Keras' layers applied after
             it (keras_augmentation): "randaugment"; RandomErasing's probability;
             "mixup" or "cutmix" on the batch, with the Beta(alpha, alpha) mixing weight.
+        heavy: None, or a boolean tf.Variable read at each batch (RefineStage.heavy): while it
+            holds False, Cutout and the layers are skipped and the batch is only transformed.
 
     Returns:
         A `tf.data.Dataset` of (float32 images (B, 32, 32, 3), labels (B, 10)), one
@@ -336,16 +362,21 @@ def make_dataset(images, labels, stats, batch_size, *, augment, shuffle, seed=No
             transform_seed, cutout_seed, *keras_seed = tf.unstack(
                 tf.random.experimental.stateless_split(batch_seed, num=3 if layers or mix else 2))
             x = augment_fn(x, transform_seed)
-            if cutout:
-                x = cutout_batch(x, cutout, cutout_seed)
             if keras_seed:
                 keras_seeds.batch_seed, keras_seeds.draws = keras_seed[0], 0
-            for layer in layers:
-                x = layer(x, training=True)
-            if mix:
-                mixed = mix({"images": x, "labels": y}, training=True)
-                x, y = mixed["images"], mixed["labels"]
-            return x, y
+
+            def heavier(x, y):
+                if cutout:
+                    x = cutout_batch(x, cutout, cutout_seed)
+                for layer in layers:
+                    x = layer(x, training=True)
+                if mix:
+                    mixed = mix({"images": x, "labels": y}, training=True)
+                    x, y = mixed["images"], mixed["labels"]
+                return x, y
+            if heavy is None:
+                return heavier(x, y)
+            return tf.cond(heavy, lambda: heavier(x, y), lambda: (x, y))
         dataset = tf.data.Dataset.zip(batches, seeds).map(
             augmented, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     else:

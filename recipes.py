@@ -108,6 +108,9 @@ class Settings:
                            choices=("none", *augment.MIXINGS), when=("augmentation", CUTOUT_AUGMENTATIONS))
     mixing_alpha: float = _setting(1.0, "the mixing weight's Beta(alpha, alpha); both papers use 1 on CIFAR",
                                    when=("mixing", tuple(augment.MIXINGS)))
+    refine_epochs: int = _setting(0, "the last N epochs train on the crop and flip alone: Cutout, the policy, "
+                                  "RandomErasing and mixing off (He et al. 2019's refined augmentation); "
+                                  "0: none; paper: none", when=("augmentation", CUTOUT_AUGMENTATIONS))
     crop_padding: int = _setting(4, "crop: the largest random shift in pixels each way (pad-and-crop with "
                                  "reflected edges); He et al. 2016 and Page's ResNet-9: 4; airbench94 at its "
                                  "10 epochs: 2", when=("augmentation", ("crop",)))
@@ -304,6 +307,17 @@ def check_settings(model_name, settings):
         raise UserError(f"erasing is a probability, 0 to 1, received {s.erasing!r}")
     if not (math.isfinite(s.mixing_alpha) and s.mixing_alpha > 0):
         raise UserError(f"mixing alpha must be > 0, received {s.mixing_alpha!r}")
+    if s.refine_epochs:
+        if not isinstance(s.refine_epochs, int) or not 0 < s.refine_epochs < s.epochs:
+            raise UserError(f"refine epochs must be an integer from 0 to epochs - 1 ({s.epochs - 1}), "
+                            f"received {s.refine_epochs!r}")
+        if s.schedule not in CONTINUOUS_SCHEDULES or model_name == "vgg16_pretrained":
+            # A plateau run may stop at any epoch, so its last N epochs are not known in advance.
+            raise UserError(f"--refine-epochs needs vgg16 or alexnet with --schedule "
+                            f"{' or '.join(CONTINUOUS_SCHEDULES)}, not {model_name} with {s.schedule}")
+        if not (s.cutout or s.policy != "none" or s.erasing or s.mixing != "none"):
+            raise UserError("--refine-epochs turns Cutout, --policy, --erasing and --mixing off for the last "
+                            "epochs, and this run uses none of them")
     if not isinstance(s.crop_padding, int) or not 0 <= s.crop_padding <= 16:
         raise UserError(f"crop padding must be a shift in pixels, 0 to 16, received {s.crop_padding!r}")
     if not (math.isfinite(s.classifier_lr_scale) and s.classifier_lr_scale > 0):
@@ -391,7 +405,7 @@ def resolve_settings(model_name, settings):
     """
     changes = {}
     if settings.augmentation not in CUTOUT_AUGMENTATIONS:
-        changes.update(cutout=0, policy="none", erasing=0.0, mixing="none")
+        changes.update(cutout=0, policy="none", erasing=0.0, mixing="none", refine_epochs=0)
     if settings.augmentation != "crop":
         changes["crop_padding"] = Settings.crop_padding
     if settings.seed is None:

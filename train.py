@@ -112,8 +112,11 @@ def load_split(data_dir, limit, batch_size):
     return x_train, y_train, x_valid, y_valid
 
 
-def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch):
-    """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}."""
+def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch, heavy=None):
+    """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}.
+
+    heavy: augment.RefineStage's switch, for a run with --refine-epochs.
+    """
     batch_size = settings.batch_size
     y_train, y_valid = data.one_hot(y_train), data.one_hot(y_valid)
     if settings.augmentation in ("fast", "crop"):
@@ -122,7 +125,7 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         # shuffle=False for fit: the dataset reshuffles itself every epoch.
         return {"shuffle": False,
                 "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
-                                          shuffle=True, seed=seed, **pipeline_options(settings)),
+                                          shuffle=True, seed=seed, heavy=heavy, **pipeline_options(settings)),
                 "validation_data": augment.make_dataset(
                     x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False, seed=seed,
                     crop_padding=settings.crop_padding)
@@ -326,8 +329,14 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                          best_weights=best_weights,
                                          seconds_before=state["train_seconds"] if state else 0.0, log=log,
                                          average=average)
+        refine = None
+        if settings.refine_epochs:
+            import augment  # the tf.data pipelines, which the refine stage switches
+            refine = augment.RefineStage(settings.epochs - settings.refine_epochs,
+                                         log=lambda line: log(f"{PROG}: {line}"))
         callbacks = [StopOnNonFiniteLoss(run_dir, settings.learning_rate), *watchers.values(),
-                     *([average] if average else []), checkpoint]  # this order: see RunFolderCheckpoint
+                     *([average] if average else []), *([refine] if refine else []),
+                     checkpoint]  # this order: see RunFolderCheckpoint
         if settings.tensorboard:
             callbacks.append(keras.callbacks.TensorBoard(os.path.join(write_dir, TENSORBOARD_DIR)))
         verbose = 1 if sys.stdout.isatty() else 2
@@ -344,7 +353,8 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                     checkpoint.best_weights = head_weights(model, fit_model, checkpoint.best_weights)
             else:
                 fit_model = model
-                inputs = make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch)
+                inputs = make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch,
+                                     heavy=refine.heavy if refine else None)
             fit_model.fit(**inputs, epochs=settings.epochs, initial_epoch=initial_epoch, callbacks=callbacks,
                           verbose=verbose)
             del inputs  # a cached run's memory maps: phase 2 needs the memory
@@ -487,7 +497,8 @@ OPTION_GROUPS = {
                                "schedule", "warmup_fraction", "min_lr", "lr_factor", "lr_patience", "lr_min_delta",
                                "stop_patience", "stop_min_delta", "ema_momentum", "ema_every"),
     "augmentation and regularization": ("augmentation", "crop_padding", "cutout", "policy", "erasing", "mixing",
-                                        "mixing_alpha", "augment_validation", "label_smoothing", "dropout_scale"),
+                                        "mixing_alpha", "refine_epochs", "augment_validation", "label_smoothing",
+                                        "dropout_scale"),
     "the network": ("init", "bn_momentum"),
     "the pretrained network (vgg16_pretrained)": PRETRAINED_ONLY,
     "run folder and devices": ("precision", "steps_per_execution", "distribute", "deterministic", "tensorboard"),

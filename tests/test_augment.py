@@ -385,6 +385,58 @@ def test_mixup_mixes_each_image_and_its_label_by_one_weight(small, monkeypatch):
                    for j, w in weights) or np.allclose(y[i], labels[i])
 
 
+REFINED = {"cutout": 6, "erasing": 1.0, "mixing": "mixup"}  # every step the refine stage turns off
+
+
+def test_the_heavy_switch_keeps_or_skips_cutout_and_the_layers(small):
+    import tensorflow as tf
+    images, labels, stats = small
+    heavy = tf.Variable(True)
+    make = lambda switch: augment.make_dataset(images, labels, stats, 50, augment="crop",  # noqa: E731
+                                               shuffle=False, seed=6, heavy=switch, **REFINED)
+    on = _epoch(make(heavy))
+    unswitched = _epoch(make(None))
+    np.testing.assert_array_equal(on[0], unswitched[0])
+    np.testing.assert_array_equal(on[1], unswitched[1])
+    heavy.assign(False)
+    x, y, _ = _epoch(make(heavy))
+    np.testing.assert_array_equal(y, labels)  # not mixed
+    # Whole-pixel crops with reflected edges only move pixels: each image keeps its own values.
+    standardized = data.standardize(images, stats)
+    assert all(np.isin(x[i], standardized[i]).all() for i in range(len(images)))
+    assert not all(np.isin(on[0][i], standardized[i]).all() for i in range(len(images)))
+
+
+def test_the_refine_stage_switches_at_its_epoch_inside_fit(small):
+    """Keras makes each epoch's iterator after on_epoch_begin: no batch of a refined epoch is drawn early."""
+    import keras
+    import tensorflow as tf
+    images, labels, stats = small
+    cut = tf.Variable(0.0)
+
+    class Probe(keras.Model):
+        def train_step(self, batch):
+            x, _ = batch
+            # Cutout 32 hides a block of every image; crops alone never give an all-zero pixel.
+            hidden = tf.reduce_any(tf.reduce_all(x == 0, axis=-1), axis=[1, 2])
+            return {"cut": cut.assign_add(tf.reduce_sum(tf.cast(hidden, tf.float32)))}
+    inputs = keras.Input((32, 32, 3))
+    model = Probe(inputs, keras.layers.GlobalAveragePooling2D()(inputs))
+    model.compile()
+    lines, per_epoch = [], []
+    stage = augment.RefineStage(first_epoch=3, log=lines.append)
+
+    def record(epoch, logs):
+        per_epoch.append(int(cut.numpy()))
+        cut.assign(0.0)
+    dataset = augment.make_dataset(images, labels, stats, 10, augment="crop", shuffle=True, seed=0, cutout=32,
+                                   heavy=stage.heavy)
+    model.fit(dataset, epochs=5, initial_epoch=1, shuffle=False, callbacks=[stage, keras.callbacks.LambdaCallback(on_epoch_end=record)],
+              verbose=0)  # as a resumed run
+    assert per_epoch == [100, 100, 0, 0]
+    assert lines == ["epochs 4 onward: crop and flip only (refine stage)"]
+
+
 def test_keras_layers_need_an_augment(small):
     images, labels, stats = small
     for options in LAYER_OPTIONS:

@@ -79,8 +79,8 @@ def test_vgg16_leaves_a_complete_run_folder(vgg16_run, capsys):
 @pytest.mark.parametrize("model_name, options", [
     ("alexnet", ["--augmentation", "fast", "--augment-validation", "--epochs", "1"]),
     ("alexnet", ["--recipe", "short", "--epochs", "1", "--cutout", "8"]),  # crop, cutout, precision auto
-    ("alexnet", ["--recipe", "short", "--epochs", "1", "--policy", "randaugment", "--erasing", "0.5",
-                 "--mixing", "cutmix"]),  # Keras' layers in the training pipeline
+    ("alexnet", ["--recipe", "short", "--epochs", "2", "--policy", "randaugment", "--erasing", "0.5",
+                 "--mixing", "cutmix", "--refine-epochs", "1"]),  # Keras' layers, then the refine stage
     ("vgg16_pretrained", ["--weights", "none", "--augmentation", "none", "--epochs", "1",
                           "--limit", "2", "--batch-size", "2"]),  # 224x224 VGG16: a few images
 ])
@@ -93,7 +93,8 @@ def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir,
     monkeypatch.setattr(augment, "make_dataset", spy)
     run_dir = str(tmp_path / model_name)
     assert train.main([model_name, "--data-dir", cifar_dir, "--run-dir", run_dir, *SMALL, *options]) == 0
-    config, _ = check_run_folder(run_dir, model_name, epochs=1)
+    epochs = int(options[options.index("--epochs") + 1])
+    config, _ = check_run_folder(run_dir, model_name, epochs=epochs)
     padding = 2 if "--recipe" in options else 4  # alexnet's short crops by 2 pixels
     assert config["settings"]["crop_padding"] == padding
     if config["settings"]["augmentation"] in ("crop", "fast"):  # the training pipeline, then validation's
@@ -103,7 +104,8 @@ def test_other_models_leave_complete_run_folders(model_name, options, cifar_dir,
     assert config["settings"]["precision"] in ("float32", "mixed")  # "auto" is resolved before it is saved
     assert config["policy"] == {"float32": "float32", "mixed": "mixed_bfloat16"}[config["settings"]["precision"]]
     out = capsys.readouterr().out
-    assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: 1 epoch in" in out
+    assert f"train.py: {model_name}, " in out and "device" in out and f"{model_name} done: {epochs} epoch" in out
+    assert ("train.py: epochs 2 onward: crop and flip only (refine stage)" in out) == ("--refine-epochs" in options)
 
 
 def expect_exit_2(capsys, argv, message):
@@ -336,6 +338,13 @@ def test_a_run_of_a_removed_recipe_still_resumes_from_its_saved_settings(cifar_d
     (["vgg16", "--recipe", "short", "--optimizer", "adam", "--momentum", "0.8"],
      "--momentum is not used with --optimizer adam (recipe short)"),
     (["vgg16", "--init", "orthogonal"], "argument --init: invalid choice: 'orthogonal'"),
+    (["vgg16", "--refine-epochs", "5"], "--refine-epochs is not used with --augmentation idg (recipe paper)"),
+    (["vgg16", "--recipe", "long", "--refine-epochs", "100"], "refine epochs must be an integer from 0 to "
+     "epochs - 1 (99), received 100"),
+    (["vgg16", "--recipe", "short", "--augmentation", "fast", "--schedule", "plateau", "--refine-epochs", "5"],
+     "--refine-epochs needs vgg16 or alexnet with --schedule cosine or linear, not vgg16 with plateau"),
+    (["alexnet", "--recipe", "short", "--refine-epochs", "5"], "--refine-epochs turns Cutout, --policy, --erasing "
+     "and --mixing off for the last epochs, and this run uses none of them"),
     (["vgg16_pretrained", "--weights", "none", "--init", "whiten"],
      "--init whiten applies to the models trained from scratch (vgg16, alexnet), not vgg16_pretrained"),
 ])

@@ -5,9 +5,16 @@ itself wrote (once per session, a few seconds each), so a change of train.py's o
 breaks the tests that read it. A test that writes into a run works on a copy (`run_copy`).
 """
 import dataclasses
+import os
 import shutil
 
 import pytest
+
+# Under pytest-xdist's -n, a core per worker: TensorFlow would size each worker's op thread pool
+# to the whole machine, and the workers' threads would contend for the same cores.
+if os.environ.get("PYTEST_XDIST_WORKER_COUNT"):
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS",
+                          str(max(1, (os.cpu_count() or 1) // int(os.environ["PYTEST_XDIST_WORKER_COUNT"]))))
 
 from cifar_fixtures import make_images, write_binary
 

@@ -431,8 +431,8 @@ def test_the_refine_stage_switches_at_its_epoch_inside_fit(small):
         cut.assign(0.0)
     dataset = augment.make_dataset(images, labels, stats, 10, augment="crop", shuffle=True, seed=0, cutout=32,
                                    heavy=stage.heavy)
-    model.fit(dataset, epochs=5, initial_epoch=1, shuffle=False, callbacks=[stage, keras.callbacks.LambdaCallback(on_epoch_end=record)],
-              verbose=0)  # as a resumed run
+    model.fit(dataset, epochs=5, initial_epoch=1, shuffle=False, verbose=0,  # initial_epoch: as a resumed run
+              callbacks=[stage, keras.callbacks.LambdaCallback(on_epoch_end=record)])
     assert per_epoch == [100, 100, 0, 0]
     assert lines == ["epochs 4 onward: crop and flip only (refine stage)"]
 

@@ -1,9 +1,12 @@
-"""An exponential moving average of a model's weights, validated and saved as the model.
+"""An average of a model's weights, validated and saved as the model: exponential, or the
+plain mean of the last epochs (SWA).
 
     average = averaging.WeightAverage(momentum=0.99, every=5)
     model.fit(..., callbacks=[average, ...])   # validation sees the average
     with average.swapped():                    # the average in the model, e.g. to save it
         model.save(path)
+    swa = averaging.WeightAverage(None, every=steps_per_epoch, start=first_step,
+                                  batchnorm_images=images)   # each epoch end from first_step on
 
 Polyak averaging as the short-schedule CIFAR-10 records use it (Page's ResNet-9, airbench's
 lookahead): every `every` optimizer steps, average = decay * average + (1 - decay) * weights,
@@ -15,6 +18,13 @@ min(momentum, (1 + n) / (10 + n)) at the n-th update, so the first epochs' avera
 dominated by the random start. (tf.train.ExponentialMovingAverage has that rule, but its
 shadow variables come into being at its first update, so a resumed run's average could
 not be put in before it; the update here is one line.)
+
+With momentum None the average is the plain mean of the weights at each update after step
+`start`: stochastic weight averaging (Izmailov et al. 2018), which takes one snapshot an
+epoch while the learning rate holds at a moderate value. A mean of kernels is not paired
+with the mean of their BatchNorm statistics, so SWA recomputes them for the averaged
+kernels from `batchnorm_images` (their update_bn); until the first update the "average"
+is the trained weights.
 """
 import contextlib
 import zipfile
@@ -39,14 +49,20 @@ class WeightAverage(keras.callbacks.Callback):
     each checkpoint).
     """
 
-    def __init__(self, momentum, every):
+    def __init__(self, momentum, every, start=0, batchnorm_images=None, batch_size=128):
         super().__init__()
-        if not 0 < momentum < 1:
-            raise ValueError(f"momentum must lie in (0, 1), received {momentum!r}")
-        if not isinstance(every, int) or every < 1:
-            raise ValueError(f"every must be an integer >= 1, received {every!r}")
+        if momentum is not None and not 0 < momentum < 1:
+            raise ValueError(f"momentum must lie in (0, 1) or be None (a plain mean), received {momentum!r}")
+        for name, value, low in (("every", every, 1), ("start", start, 0), ("batch_size", batch_size, 1)):
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"{name} must be an integer >= {low}, received {value!r}")
         self.momentum = momentum
         self.every = every
+        self.start = start
+        self.batchnorm_images = batchnorm_images  # SWA's: BatchNorm's statistics recomputed on them
+        self.batch_size = batch_size
+        self.updates = 0
+        self._forward = None
         self.loaded = None  # arrays from a checkpoint, taken at the start of fit
         self.averages = None
         self._update = None
@@ -82,7 +98,10 @@ class WeightAverage(keras.callbacks.Callback):
             np.savez(handle, *self.values())
 
     def values(self):
-        """The average as arrays (before fit: the loaded one, if any)."""
+        """The average as arrays (before fit: the loaded one, if any; before a plain mean's first
+        update: the trained weights)."""
+        if self.momentum is None and self.averages is not None and not self.updates:
+            return self._snapshot()
         if self.averages is None:
             if self.loaded is None:
                 raise ValueError("no average yet: fit has not started and none was loaded")
@@ -103,21 +122,52 @@ class WeightAverage(keras.callbacks.Callback):
             for average, variable in zip(averages, variables):
                 average.assign(decay * average + (1 - decay) * variable)
         self._update = update
+        if self.batchnorm_images is not None:
+            model = self.model
+
+            @tf.function
+            def forward(images):  # training mode: each BatchNorm layer moves its statistics toward the batch's
+                model(images, training=True)
+            self._forward = forward
 
     def _updates_done(self):
-        return int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)) // self.every
+        steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
+        return max(steps - self.start, 0) // self.every
 
     def decay(self, update):
-        """The decay of the `update`-th update (1-based): TensorFlow's num_updates warm-up."""
+        """The decay of the `update`-th update (1-based): TensorFlow's num_updates warm-up, or for a
+        plain mean (n - 1) / n."""
+        if self.momentum is None:
+            return (update - 1) / update
         return min(self.momentum, (1 + update) / (10 + update))
 
     def on_train_batch_end(self, batch, logs=None):
         # Counted from the step counter, which the checkpoint restores (one step a call: train.py
         # refuses --steps-per-execution > 1 with an average).
         due = self._updates_done()
+        if self.updates >= due:
+            return
         while self.updates < due:
             self.updates += 1
             self._update(tf.constant(self.decay(self.updates), tf.float32))
+        if self._forward is not None:
+            self._recompute_batchnorm()
+
+    def _recompute_batchnorm(self):
+        """Replace the average's BatchNorm statistics by those of its own kernels on batchnorm_images."""
+        trained = self._snapshot()
+        statistics = {id(variable) for layer in self.model._flatten_layers()
+                      if isinstance(layer, keras.layers.BatchNormalization)
+                      for variable in (layer.moving_mean, layer.moving_variance)}
+        try:
+            self._assign(self.values())
+            for begin in range(0, len(self.batchnorm_images), self.batch_size):
+                self._forward(tf.constant(self.batchnorm_images[begin:begin + self.batch_size]))
+            for average, variable in zip(self.averages, self.variables):
+                if id(variable) in statistics:
+                    average.assign(variable)
+        finally:
+            self._assign(trained)
 
     def _snapshot(self):
         return [variable.numpy() for variable in self.variables]

@@ -128,6 +128,11 @@ class Settings:
                                    when=("schedule", CONTINUOUS_SCHEDULES))
     ema_every: int = _setting(5, "steps between two updates of the weights' average (--ema-momentum)",
                               when=("schedule", CONTINUOUS_SCHEDULES))
+    swa_epochs: int = _setting(0, "stochastic weight averaging (Izmailov et al. 2018): the schedule reaches "
+                               "--min-lr N epochs before the end and holds it, and the plain mean of the "
+                               "weights at the end of each of those N epochs, with BatchNorm's statistics "
+                               "recomputed for it, is validated and saved as model.keras; 0: none; paper: none",
+                               when=("schedule", CONTINUOUS_SCHEDULES))
     init: str = _setting("keras", "the convolutions' initial kernels: keras: Glorot uniform, Keras' default "
                          "(paper); whiten: the first convolution whitens the training images' patches; "
                          "dirac: each later convolution starts as the identity on its first in-channels "
@@ -343,6 +348,18 @@ def check_settings(model_name, settings):
         # Keras calls a callback once per execution, so several steps' updates would all see its last weights.
         raise UserError(f"--ema-momentum updates between steps; it needs --steps-per-execution 1, "
                         f"not {s.steps_per_execution}")
+    if s.swa_epochs:
+        if not isinstance(s.swa_epochs, int) or not 0 < s.swa_epochs < (1 - s.warmup_fraction) * s.epochs:
+            raise UserError(f"swa epochs must be a whole number of epochs after the warm-up, under "
+                            f"{(1 - s.warmup_fraction) * s.epochs:g} here, received {s.swa_epochs!r}")
+        if s.schedule not in CONTINUOUS_SCHEDULES or model_name == "vgg16_pretrained" or s.distribute != "none":
+            raise UserError(f"--swa-epochs needs vgg16 or alexnet on one device with --schedule "
+                            f"{' or '.join(CONTINUOUS_SCHEDULES)}, not {model_name} with {s.schedule}")
+        if s.ema_momentum:
+            raise UserError("--swa-epochs and --ema-momentum each average the weights; choose one")
+        if not s.min_lr:
+            raise UserError("--swa-epochs averages weights trained at --min-lr, which is 0 here: they would "
+                            "not move; give --min-lr a moderate rate (e.g. a tenth of --learning-rate)")
     if s.init != "keras" and model_name == "vgg16_pretrained":
         raise UserError(f"--init {s.init} applies to the models trained from scratch (vgg16, alexnet), "
                         "not vgg16_pretrained")
@@ -441,18 +458,20 @@ def make_optimizer(settings, steps_per_epoch):
     CosineDecay, stepped every batch: linear warm-up from 0 over warmup_fraction of the
     run's steps (sized from epochs and steps_per_epoch), then a cosine down to min_lr at
     the last step. linear: the same warm-up, then a straight line down to min_lr
-    (models.OneCycle). The schedule reads the optimizer's step counter, which the checkpoint
+    (models.OneCycle). With swa_epochs, either reaches min_lr that many epochs before the
+    end and holds it. The schedule reads the optimizer's step counter, which the checkpoint
     saves, so a resumed run continues the same curve.
     """
     learning_rate = settings.learning_rate
     total_steps = settings.epochs * steps_per_epoch
     warmup_steps = int(round(settings.warmup_fraction * total_steps))
+    decay_end = total_steps - settings.swa_epochs * steps_per_epoch  # both schedules hold min_lr after it
     if settings.schedule == "linear":
-        learning_rate = models.OneCycle(settings.learning_rate, warmup_steps, total_steps, settings.min_lr)
+        learning_rate = models.OneCycle(settings.learning_rate, warmup_steps, decay_end, settings.min_lr)
     elif settings.schedule == "cosine":
         learning_rate = keras.optimizers.schedules.CosineDecay(
             initial_learning_rate=0.0 if warmup_steps else settings.learning_rate,
-            decay_steps=max(total_steps - warmup_steps, 1),
+            decay_steps=max(decay_end - warmup_steps, 1),
             alpha=settings.min_lr / settings.learning_rate,
             warmup_target=settings.learning_rate if warmup_steps else None,
             warmup_steps=warmup_steps)

@@ -1,4 +1,4 @@
-"""--ema-momentum: the weights' moving average, what validation and model.keras hold, and a kill."""
+"""--ema-momentum and --swa-epochs: the weights' averages, what validation and model.keras hold, and a kill."""
 import json
 import os
 import shutil
@@ -24,6 +24,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # alexnet: the quickest network here; float32, so the figures compared are the same on every CPU.
 RUN = ["alexnet", "--recipe", "short", "--precision", "float32", "--epochs", "2", "--limit", "128",
        "--batch-size", "32", "--seed", "4", "--ema-momentum", "0.9", "--ema-every", "2"]
+# The same with SWA over the last of 3 epochs, at a constant 0.01 (the recipe's schedule decays to it first).
+RUN_SWA = [*RUN[:RUN.index("--ema-momentum")], "--epochs", "3", "--swa-epochs", "1", "--min-lr", "0.01"]
 
 
 def read(run_dir, name):
@@ -67,11 +69,55 @@ def test_the_average_follows_every_weight_and_validation_sees_it():
     assert not np.allclose(spy.steps[-1][0], expected[0])  # and they are not the average
 
 
-def test_model_keras_is_the_average_that_validation_measured(cifar_dir, tmp_path):
+def test_swa_is_the_plain_mean_of_the_last_epochs_with_batchnorm_statistics_of_its_own():
+    """Snapshots at the ends of epochs 2 and 3 (after step 4), averaged with equal weights; BatchNorm's
+    statistics are those of the averaged kernels on the given images, not the mean of the snapshots'
+    statistics; epoch 1's validation sees the trained weights, as nothing is averaged yet."""
+    keras.utils.set_random_seed(0)
+    model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(momentum=0.0),
+                              keras.layers.Dense(2)])
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    variables = averaging.averaged_variables(model)
+    x, y = np.random.rand(64, 4).astype("float32"), np.random.rand(64, 2).astype("float32")
+
+    class Spy(keras.callbacks.Callback):
+        steps, validated = [], []
+        def on_train_batch_end(self, batch, logs=None):
+            self.steps.append([variable.numpy() for variable in variables])
+        def on_test_begin(self, logs=None):
+            self.validated.append([variable.numpy() for variable in variables])
+
+    # batch_size 64: BatchNorm (momentum 0) keeps the statistics of one batch of all 64 images.
+    average, spy = averaging.WeightAverage(None, every=4, start=4, batchnorm_images=x, batch_size=64), Spy()
+    model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), callbacks=[average, spy], verbose=0)
+    assert average.updates == 2
+    np.testing.assert_array_equal(spy.validated[0][0], spy.steps[3][0])  # epoch 1: the trained kernel
+    mean = [(a + b) / 2 for a, b in zip(spy.steps[7], spy.steps[11])]
+    kernel, bias = mean[0], mean[1]
+    features = x @ kernel + bias
+    names = [variable.path.split("/")[-1] for variable in variables]
+    for name, mine, theirs, seen in zip(names, mean, average.values(), spy.validated[-1]):
+        if name == "moving_mean":
+            mine = features.mean(axis=0)
+            assert not np.allclose(theirs, (spy.steps[7][names.index(name)] + spy.steps[11][names.index(name)]) / 2)
+        elif name == "moving_variance":
+            mine = features.var(axis=0)
+        np.testing.assert_allclose(theirs, mine, rtol=1e-5, atol=1e-6)
+        np.testing.assert_allclose(seen, theirs, rtol=1e-6, atol=1e-7)
+    for trained, now in zip(spy.steps[-1], variables):  # the trained weights, statistics too, are back
+        np.testing.assert_array_equal(now.numpy(), trained)
+
+
+@pytest.mark.parametrize("argv", [RUN, RUN_SWA], ids=["ema", "swa"])
+def test_model_keras_is_the_average_that_validation_measured(argv, cifar_dir, tmp_path):
     run_dir = str(tmp_path / "run")
-    assert train.main([*RUN, "--data-dir", cifar_dir, "--run-dir", run_dir]) == 0
+    assert train.main([*argv, "--data-dir", cifar_dir, "--run-dir", run_dir]) == 0
     config, history = read(run_dir, rundir.CONFIG_FILE), read(run_dir, rundir.HISTORY_FILE)
-    assert config["settings"]["ema_momentum"] == 0.9 and config["settings"]["ema_every"] == 2
+    assert config["model_epoch"] == "last (weight average)"
+    if argv is RUN_SWA:
+        assert config["settings"]["swa_epochs"] == 1 and history["learning_rate"][-1] == pytest.approx(0.01)
+    else:
+        assert config["settings"]["ema_momentum"] == 0.9 and config["settings"]["ema_every"] == 2
     _, _, x_valid, y_valid = train.load_split(cifar_dir, 128, 32)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
@@ -128,6 +174,38 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
     assert read(run_dir, rundir.HISTORY_FILE)["epoch"] == [1, 2]
 
 
+def test_a_run_killed_inside_swa_resumes_with_its_mean_so_far(cifar_dir, tmp_path):
+    """SWA over epochs 2 and 3, killed after epoch 2's commit: the resumed run starts from the one
+    snapshot averaged (its BatchNorm statistics recomputed) and adds epoch 3's with weight 1/2."""
+    run_dir = str(tmp_path / "killed")
+    argv = [*RUN_SWA[:RUN_SWA.index("--swa-epochs")], "--swa-epochs", "2", "--min-lr", "0.01"]
+    kill_after_second = KILL_AFTER_FIRST_COMMIT.replace("    commit(self, epoch)\n",
+                                                        "    commit(self, epoch)\n    if epoch < 1: return\n")
+    assert kill_after_second != KILL_AFTER_FIRST_COMMIT
+    process = subprocess.run([sys.executable, "-c", kill_after_second, *argv, "--data-dir", cifar_dir,
+                              "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True)
+    assert process.returncode == -9, process.stderr
+    state = read(os.path.join(run_dir, CHECKPOINT_DIR), STATE_FILE)
+    assert state["epoch"] == 2
+    with np.load(os.path.join(run_dir, CHECKPOINT_DIR, state["average"])) as arrays:
+        saved = [arrays[f"arr_{index}"] for index in range(len(arrays.files))]
+
+    started, decays = {}, []
+    begin, decay = averaging.WeightAverage.on_train_begin, averaging.WeightAverage.decay
+    def spy(self, logs=None):
+        begin(self, logs)
+        started.update(values=self.values(), updates=self.updates)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(averaging.WeightAverage, "on_train_begin", spy)
+        patch.setattr(averaging.WeightAverage, "decay", lambda self, update: decays.append(decay(self, update))
+                      or decays[-1])
+        assert train.main(["alexnet", "--resume", "--run-dir", run_dir]) == 0
+    assert started["updates"] == 1 and decays == [0.5]
+    for mine, theirs in zip(started["values"], saved):
+        np.testing.assert_array_equal(mine, theirs)
+    assert read(run_dir, rundir.HISTORY_FILE)["epoch"] == [1, 2, 3]
+
+
 @pytest.mark.parametrize("argv, message", [
     (["vgg16", "--ema-momentum", "0.99"], "--ema-momentum is not used with --schedule plateau (recipe paper)"),
     (["vgg16", "--recipe", "short", "--ema-every", "3"], "--ema-every is not used with --ema-momentum 0"),
@@ -140,6 +218,13 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
      "it needs --steps-per-execution 1, not 2"),
     (["vgg16", "--recipe", "short", "--ema-momentum", "0.9", "--ema-every", "5", "--epochs", "1", "--limit", "64",
       "--batch-size", "32"], "--ema-every 5 is more than the run's 2 steps"),
+    (["vgg16", "--swa-epochs", "5"], "--swa-epochs is not used with --schedule plateau (recipe paper)"),
+    (["vgg16", "--recipe", "short", "--swa-epochs", "5"], "--swa-epochs averages weights trained at --min-lr, "
+     "which is 0 here"),
+    (["vgg16", "--recipe", "short", "--swa-epochs", "26", "--min-lr", "0.01"],
+     "swa epochs must be a whole number of epochs after the warm-up, under 25.5 here, received 26"),
+    (["vgg16", "--recipe", "short", "--swa-epochs", "5", "--min-lr", "0.01", "--ema-momentum", "0.9"],
+     "--swa-epochs and --ema-momentum each average the weights; choose one"),
 ])
 def test_bad_average_input_is_one_line_and_exit_2(argv, message, cifar_dir, tmp_path, capsys):
     run_dir = str(tmp_path / "run")

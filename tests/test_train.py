@@ -391,6 +391,17 @@ def test_a_continuous_schedule_warms_up_then_decays_to_min_lr(schedule):
         assert rates[15] > early + 0.005 and rates[35] < late - 0.005
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "linear"])
+def test_with_swa_epochs_the_schedule_reaches_min_lr_that_many_epochs_early_and_holds_it(schedule):
+    settings = dataclasses.replace(recipes.recipe_settings("short", "vgg16"), epochs=6, warmup_fraction=0.0,
+                                   learning_rate=0.1, min_lr=0.01, schedule=schedule, swa_epochs=2)
+    schedule_of = recipes.make_optimizer(settings, steps_per_epoch=10)._learning_rate
+    rates = [float(schedule_of(step)) for step in range(61)]
+    assert rates[0] == pytest.approx(0.1) and rates[20] == pytest.approx((0.1 + 0.01) / 2, rel=1e-5)
+    assert all(a > b for a, b in zip(rates[:40], rates[1:41]))  # the decay ends after epoch 4 of 6
+    assert rates[40:] == pytest.approx([0.01] * 21, rel=1e-5)
+
+
 def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
     settings = dataclasses.replace(recipes.recipe_settings("short", "alexnet"), schedule="linear", epochs=3)
     model = models.build_model("alexnet")

@@ -142,8 +142,8 @@ class WeightAverage(keras.callbacks.Callback):
         return min(self.momentum, (1 + update) / (10 + update))
 
     def on_train_batch_end(self, batch, logs=None):
-        # Counted from the step counter, which the checkpoint restores (one step a call: train.py
-        # refuses --steps-per-execution > 1 with an average).
+        # Counted from the step counter, which the checkpoint restores. An EMA needs one step a call
+        # (train.py refuses --steps-per-execution > 1 with it); SWA's updates fall on epoch ends.
         due = self._updates_done()
         if self.updates >= due:
             return

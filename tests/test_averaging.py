@@ -69,21 +69,24 @@ def test_the_average_follows_every_weight_and_validation_sees_it():
     assert not np.allclose(spy.steps[-1][0], expected[0])  # and they are not the average
 
 
-def test_swa_is_the_plain_mean_of_the_last_epochs_with_batchnorm_statistics_of_its_own():
-    """Snapshots at the ends of epochs 2 and 3 (after step 4), averaged with equal weights; BatchNorm's
-    statistics are those of the averaged kernels on the given images, not the mean of the snapshots'
-    statistics; epoch 1's validation sees the trained weights, as nothing is averaged yet."""
+@pytest.mark.parametrize("steps_per_execution", [1, 2])
+def test_swa_is_the_plain_mean_of_the_last_epochs_with_batchnorm_statistics_of_its_own(steps_per_execution):
+    """Snapshots at the ends of epochs 2 and 3 (after step 4), averaged with equal weights, also when
+    a call runs two steps; BatchNorm's statistics are those of the averaged kernels on the given
+    images, not the mean of the snapshots'; epoch 1's validation sees the trained weights."""
     keras.utils.set_random_seed(0)
     model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(3), keras.layers.BatchNormalization(momentum=0.0),
                               keras.layers.Dense(2)])
-    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse")
+    model.compile(optimizer=keras.optimizers.SGD(0.1), loss="mse", steps_per_execution=steps_per_execution)
     variables = averaging.averaged_variables(model)
     x, y = np.random.rand(64, 4).astype("float32"), np.random.rand(64, 2).astype("float32")
 
     class Spy(keras.callbacks.Callback):
-        steps, validated = [], []
-        def on_train_batch_end(self, batch, logs=None):
-            self.steps.append([variable.numpy() for variable in variables])
+        def __init__(self):
+            super().__init__()
+            self.epochs, self.validated = [], []
+        def on_epoch_end(self, epoch, logs=None):  # after validation: the trained weights are back
+            self.epochs.append([variable.numpy() for variable in variables])
         def on_test_begin(self, logs=None):
             self.validated.append([variable.numpy() for variable in variables])
 
@@ -91,21 +94,19 @@ def test_swa_is_the_plain_mean_of_the_last_epochs_with_batchnorm_statistics_of_i
     average, spy = averaging.WeightAverage(None, every=4, start=4, batchnorm_images=x, batch_size=64), Spy()
     model.fit(x, y, batch_size=16, epochs=3, validation_data=(x, y), callbacks=[average, spy], verbose=0)
     assert average.updates == 2
-    np.testing.assert_array_equal(spy.validated[0][0], spy.steps[3][0])  # epoch 1: the trained kernel
-    mean = [(a + b) / 2 for a, b in zip(spy.steps[7], spy.steps[11])]
-    kernel, bias = mean[0], mean[1]
-    features = x @ kernel + bias
+    np.testing.assert_array_equal(spy.validated[0][0], spy.epochs[0][0])  # epoch 1: the trained kernel
+    mean = [(a + b) / 2 for a, b in zip(spy.epochs[1], spy.epochs[2])]
+    features = x @ mean[0] + mean[1]
     names = [variable.path.split("/")[-1] for variable in variables]
-    for name, mine, theirs, seen in zip(names, mean, average.values(), spy.validated[-1]):
+    for index, (name, mine, theirs, seen) in enumerate(zip(names, mean, average.values(), spy.validated[-1])):
         if name == "moving_mean":
             mine = features.mean(axis=0)
-            assert not np.allclose(theirs, (spy.steps[7][names.index(name)] + spy.steps[11][names.index(name)]) / 2)
+            assert not np.allclose(theirs, mean[index])
         elif name == "moving_variance":
             mine = features.var(axis=0)
         np.testing.assert_allclose(theirs, mine, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(seen, theirs, rtol=1e-6, atol=1e-7)
-    for trained, now in zip(spy.steps[-1], variables):  # the trained weights, statistics too, are back
-        np.testing.assert_array_equal(now.numpy(), trained)
+    assert not np.allclose(spy.epochs[-1][0], spy.validated[-1][0])  # after validation: the trained weights
 
 
 @pytest.mark.parametrize("argv", [RUN, RUN_SWA], ids=["ema", "swa"])

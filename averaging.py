@@ -63,6 +63,7 @@ class WeightAverage(keras.callbacks.Callback):
         self.batch_size = batch_size
         self.updates = 0
         self._forward = None
+        self._statistics = []  # indices into variables of BatchNorm's moving statistics (SWA's recompute)
         self.loaded = None  # arrays from a checkpoint, taken at the start of fit
         self.averages = None
         self._update = None
@@ -129,6 +130,11 @@ class WeightAverage(keras.callbacks.Callback):
             def forward(images):  # training mode: each BatchNorm layer moves its statistics toward the batch's
                 model(images, training=True)
             self._forward = forward
+            # Which of the averaged variables are BatchNorm's moving statistics (recomputed, not averaged).
+            statistics = {id(variable) for layer in model._flatten_layers()
+                          if isinstance(layer, keras.layers.BatchNormalization)
+                          for variable in (layer.moving_mean, layer.moving_variance)}
+            self._statistics = [index for index, variable in enumerate(self.variables) if id(variable) in statistics]
 
     def _updates_done(self):
         steps = int(keras.ops.convert_to_numpy(self.model.optimizer.iterations))
@@ -156,16 +162,12 @@ class WeightAverage(keras.callbacks.Callback):
     def _recompute_batchnorm(self):
         """Replace the average's BatchNorm statistics by those of its own kernels on batchnorm_images."""
         trained = self._snapshot()
-        statistics = {id(variable) for layer in self.model._flatten_layers()
-                      if isinstance(layer, keras.layers.BatchNormalization)
-                      for variable in (layer.moving_mean, layer.moving_variance)}
         try:
             self._assign(self.values())
             for begin in range(0, len(self.batchnorm_images), self.batch_size):
                 self._forward(tf.constant(self.batchnorm_images[begin:begin + self.batch_size]))
-            for average, variable in zip(self.averages, self.variables):
-                if id(variable) in statistics:
-                    average.assign(variable)
+            for index in self._statistics:
+                self.averages[index].assign(self.variables[index])
         finally:
             self._assign(trained)
 

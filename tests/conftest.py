@@ -46,6 +46,28 @@ def cifar_dir(tmp_path_factory):
     return str(folder)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def cifar_read_once(cifar_dir):
+    """Nothing writes to the session's CIFAR-10 once made, so a worker reads it once: reordering
+    60,000 images into Keras' layout costs ~0.4 s a read, and the tests' runs read it ~100 times.
+    Each caller gets its own copy, so a test that changes its arrays changes no other test's."""
+    import numpy as np
+
+    import data
+    load, loaded = data.load_cifar10, {}
+
+    def load_once(data_dir=None, check_counts=True):
+        if data_dir != cifar_dir:
+            return load(data_dir, check_counts)
+        if not loaded:
+            loaded["arrays"] = load(data_dir, check_counts)
+        (x_train, y_train), (x_test, y_test) = loaded["arrays"]
+        return (np.copy(x_train), np.copy(y_train)), (np.copy(x_test), np.copy(y_test))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(data, "load_cifar10", load_once)
+        yield
+
+
 @pytest.fixture(scope="session")
 def trained_vgg16(cifar_dir, tmp_path_factory):
     """A vgg16 run on the report's schedule (plateau), 3 epochs, whose learning rate is really cut.

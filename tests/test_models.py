@@ -1,15 +1,9 @@
 """models.py: every registry model against the report's Figures 2-4, save/reload, weights errors."""
-import os
-import subprocess
-import sys
-
 import keras
 import numpy as np
 import pytest
 
 import models
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 # (total, frozen) from the report's Figures 2-4; "frozen" is what model.summary() calls
 # non-trainable: BatchNorm's moving statistics, or the whole ImageNet base.
@@ -170,21 +164,20 @@ def test_set_precision_policies():
         models.set_precision("half")
 
 
-def test_command_prints_the_summaries():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "vgg16", "alexnet"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert result.returncode == 0, result.stderr
-    assert "Total params: 1,186,346" in result.stdout
-    assert "Total params: 2,915,338" in result.stdout
-    assert "block1_conv1 (Conv2D)" in result.stdout
+def test_command_prints_the_summaries(capsys):
+    # In-process: test_command_line.py runs one script as a user does, in a fresh interpreter.
+    assert models.main(["vgg16", "alexnet"]) == 0
+    out = capsys.readouterr().out
+    assert "Total params: 1,186,346" in out
+    assert "Total params: 2,915,338" in out
+    assert "block1_conv1 (Conv2D)" in out
 
 
-def test_command_rejects_an_unknown_name():
-    result = subprocess.run([sys.executable, os.path.join(ROOT, "models.py"), "vgg61"],
-                            capture_output=True, text=True, timeout=120, cwd=ROOT)
-    assert result.returncode == 2
-    assert "Traceback" not in result.stderr
-    assert "models.py: error: unknown model 'vgg61'" in result.stderr
+def test_command_rejects_an_unknown_name(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        models.main(["vgg61"])
+    assert exit_info.value.code == 2
+    assert capsys.readouterr().err.startswith("models.py: error: unknown model 'vgg61'; choose one of vgg16")
 
 
 def test_the_whitening_kernel_whitens_the_patches_a_conv_layer_sees():

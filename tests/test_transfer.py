@@ -357,7 +357,7 @@ def test_scripts_feed_a_transfer_run_pixels(transfer_run, cifar_dir, tmp_path):
     run_dir, _ = transfer_run
     model = models.load_model(run_dir)
     (_, _), (x_test, y_test) = data.load_cifar10(cifar_dir)
-    x_test, y_test = x_test[:500], y_test[:500].ravel()
+    x_test, y_test = x_test[:100], y_test[:100].ravel()
     metrics = evaluate.evaluate_run(run_dir, x_test, y_test, write=False)
     probabilities = model.predict(x_test.astype("float32"), verbose=0)  # raw 0-255 pixels
     loss = float(keras.ops.mean(keras.losses.categorical_crossentropy(data.one_hot(y_test), probabilities)))

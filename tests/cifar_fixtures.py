@@ -3,13 +3,16 @@
 The images carry a class signal (a per-class colour and stripe pattern under noise), so
 a few epochs of training on them visibly learn, and every layout holds the same pixels.
 """
+import contextlib
 import io
 import os
 import pickle
+import shutil
 import struct
 import tarfile
 
 import numpy as np
+import pytest
 
 TRAIN_NAMES = [f"data_batch_{i}" for i in range(1, 6)]
 
@@ -122,13 +125,20 @@ def write_tarball(path, train, test):
     return path
 
 
-# `python -c KILL_AFTER_FIRST_COMMIT ARGS...` runs train.py ARGS and SIGKILLs itself right after
-# epoch 1's commit: as abrupt as a kill from outside, and never too late (a 2-epoch run could
-# otherwise finish before the kill lands). The process ends with return code -9.
-KILL_AFTER_FIRST_COMMIT = ("import os, signal, sys, checkpoint, train\n"
-                           "commit = checkpoint.RunFolderCheckpoint.commit\n"
-                           "def commit_then_die(self, epoch):\n"
-                           "    commit(self, epoch)\n"
-                           "    os.kill(os.getpid(), signal.SIGKILL)\n"
-                           "checkpoint.RunFolderCheckpoint.commit = commit_then_die\n"
-                           "train.main(sys.argv[1:])\n")
+@contextlib.contextmanager
+def copied_when_killed(run_dir, copy_dir, after_epoch=1):
+    """Inside it, a train.py run in `run_dir` is copied to `copy_dir` right after epoch
+    `after_epoch`'s commit, and goes on: the copy is the folder a SIGKILL at that moment leaves
+    (its lock is the operating system's, held by no one in the copy). In-process, so one run is
+    both the run left alone and the killed one; the kill itself is tested in a process of its own
+    (test_train.py's mirrored run, test_transfer.py's killed_transfer_runs)."""
+    import checkpoint
+    commit = checkpoint.RunFolderCheckpoint.commit
+
+    def commit_then_copy(self, epoch):
+        commit(self, epoch)
+        if epoch + 1 == after_epoch:
+            shutil.copytree(run_dir, copy_dir)
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(checkpoint.RunFolderCheckpoint, "commit", commit_then_copy)
+        yield

@@ -2,8 +2,6 @@
 import json
 import os
 import shutil
-import subprocess
-import sys
 
 import keras
 import numpy as np
@@ -18,9 +16,8 @@ import recipes
 import rundir
 import train
 from checkpoint import AVERAGE_SUFFIX, CHECKPOINT_DIR, STATE_FILE
-from cifar_fixtures import KILL_AFTER_FIRST_COMMIT
+from cifar_fixtures import copied_when_killed
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # alexnet: the quickest network here; float32, so the figures compared are the same on every CPU.
 RUN = ["alexnet", "--recipe", "short", "--precision", "float32", "--epochs", "2", "--limit", "128",
        "--batch-size", "32", "--seed", "4", "--ema-momentum", "0.9", "--ema-every", "2"]
@@ -133,10 +130,8 @@ def test_a_killed_run_resumes_with_its_average_exactly(cifar_dir, tmp_path):
     file beside the checkpoint the average; the resumed run starts from that very average, with the
     update count of the step counter, not from a fresh copy of the weights."""
     run_dir = str(tmp_path / "killed")
-    process = subprocess.run([sys.executable, "-c", KILL_AFTER_FIRST_COMMIT, *RUN, "--data-dir", cifar_dir,
-                              "--run-dir", run_dir],
-                             cwd=ROOT, capture_output=True, text=True)
-    assert process.returncode == -9, process.stderr
+    with copied_when_killed(str(tmp_path / "whole"), run_dir, after_epoch=1):
+        assert train.main([*RUN, "--data-dir", cifar_dir, "--run-dir", str(tmp_path / "whole")]) == 0
     folder = os.path.join(run_dir, CHECKPOINT_DIR)
     state = read(folder, STATE_FILE)
     assert state["average"] == "epoch_0001" + AVERAGE_SUFFIX
@@ -180,12 +175,8 @@ def test_a_run_killed_inside_swa_resumes_with_its_mean_so_far(cifar_dir, tmp_pat
     snapshot averaged (its BatchNorm statistics recomputed) and adds epoch 3's with weight 1/2."""
     run_dir = str(tmp_path / "killed")
     argv = [*RUN_SWA[:RUN_SWA.index("--swa-epochs")], "--swa-epochs", "2", "--min-lr", "0.01"]
-    kill_after_second = KILL_AFTER_FIRST_COMMIT.replace("    commit(self, epoch)\n",
-                                                        "    commit(self, epoch)\n    if epoch < 1: return\n")
-    assert kill_after_second != KILL_AFTER_FIRST_COMMIT
-    process = subprocess.run([sys.executable, "-c", kill_after_second, *argv, "--data-dir", cifar_dir,
-                              "--run-dir", run_dir], cwd=ROOT, capture_output=True, text=True)
-    assert process.returncode == -9, process.stderr
+    with copied_when_killed(str(tmp_path / "whole"), run_dir, after_epoch=2):
+        assert train.main([*argv, "--data-dir", cifar_dir, "--run-dir", str(tmp_path / "whole")]) == 0
     state = read(os.path.join(run_dir, CHECKPOINT_DIR), STATE_FILE)
     assert state["epoch"] == 2
     with np.load(os.path.join(run_dir, CHECKPOINT_DIR, state["average"])) as arrays:

@@ -3,6 +3,7 @@ import dataclasses
 import json
 import os
 import pickle
+import shutil
 import subprocess
 import sys
 import time
@@ -19,7 +20,7 @@ import recipes
 import rundir
 import train
 from checkpoint import CHECKPOINT_DIR, STATE_FILE, eta_line
-from cifar_fixtures import KILL_AFTER_FIRST_COMMIT
+from cifar_fixtures import copied_when_killed
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Small enough for seconds an epoch on two shared CPU cores.
@@ -424,25 +425,15 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
     argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
             "--batch-size", "32", "--seed", "3", *options]
-    # SIGKILL, from inside the process right after epoch 1's commit. Started first, so that its
-    # TensorFlow start-up overlaps the run left alone (the suite's 5 minutes are tight).
-    killed = str(tmp_path / "killed")
-    process = subprocess.Popen([sys.executable, "-c", KILL_AFTER_FIRST_COMMIT, *argv, "--run-dir", killed],
-                               cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    try:
-        whole = str(tmp_path / "whole")
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    with copied_when_killed(whole, killed, after_epoch=1):
         assert train.main([*argv, "--run-dir", whole]) == 0
-        expected = read(whole, rundir.HISTORY_FILE)
-        config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
-        assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
-        assert config["parameters"] == 1_186_346
-        _, stderr = process.communicate(timeout=240)
-    finally:  # a failed assertion or a timeout above leaves no training process behind
-        if process.poll() is None:
-            process.kill()
-            process.wait()
-    assert process.returncode == -9, stderr
+    expected = read(whole, rundir.HISTORY_FILE)
+    config, _ = check_run_folder(whole, "vgg16", epochs=2, best_is_lowest=False)
+    assert config["settings"]["recipe"] == recipe and config["model_epoch"] == "last"
+    assert config["parameters"] == 1_186_346
     assert read(os.path.join(killed, CHECKPOINT_DIR), STATE_FILE)["epoch"] == 1
+    assert read(killed, rundir.HISTORY_FILE)["epoch"] == [1]
     expect_exit_2(capsys, ["vgg16", "--resume", "--run-dir", killed, "--recipe", "paper"],
                   f"recipe differs (saved '{recipe}', given 'paper')")
     saved_precision = read(killed, rundir.CONFIG_FILE)["settings"]["precision"]
@@ -512,7 +503,6 @@ def test_eta_line_tells_the_whole_runs_duration():
 def test_a_run_folder_in_use_is_refused_even_with_resume_or_overwrite(vgg16_run, cifar_dir, tmp_path, capsys):
     """While a live train.py holds a run folder (here: this test holds its lock, as that process
     would), a second writer gets one line and touches nothing, --resume and --overwrite included."""
-    import shutil
     live_dir = str(tmp_path / "live")
     shutil.copytree(vgg16_run, live_dir)
     config = read(live_dir, rundir.CONFIG_FILE)

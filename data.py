@@ -275,10 +275,25 @@ def describe_source(data_dir=None):
 def split_validation(x, y, fraction=VALIDATION_FRACTION, seed=SPLIT_SEED):
     """The paper's split: `train_test_split(x, y, test_size=fraction, random_state=seed)`.
 
-    Returns `x_train, x_valid, y_train, y_valid`, in scikit-learn's order.
+    Returns `x_train, x_valid, y_train, y_valid`, in scikit-learn's order; fraction 0: all
+    images for training, in their order, and empty validation arrays.
     """
+    if fraction == 0:
+        return x, x[:0], y, y[:0]
     from sklearn.model_selection import train_test_split
     return train_test_split(x, y, test_size=fraction, random_state=seed)
+
+
+def load_split(data_dir, limit=None, batch_size=1, fraction=VALIDATION_FRACTION):
+    """The training split, cut to `limit` (the validation split to max(limit // 10, batch_size)):
+    (x_train, y_train, x_valid, y_valid), uint8 images and integer labels."""
+    (x_all, y_all), _ = load_cifar10(data_dir)
+    x_train, x_valid, y_train, y_valid = split_validation(x_all, y_all, fraction)
+    if limit is not None:
+        valid_count = max(limit // 10, batch_size) if len(x_valid) else 0
+        x_train, y_train = x_train[:limit], y_train[:limit]
+        x_valid, y_valid = x_valid[:valid_count], y_valid[:valid_count]
+    return x_train, y_train, x_valid, y_valid
 
 
 def compute_stats(x_train):

@@ -22,6 +22,7 @@ import keras
 import tensorflow as tf
 
 import augment
+import data
 import models
 
 AUGMENTATIONS = ("idg", "fast", "crop", "none")
@@ -54,6 +55,10 @@ class Settings:
     # The paper's protocol: Gomez Cruz 2025, section 3, the compile/callbacks/fit listing.
     epochs: int = _setting(300, "maximum epochs (passes over the training split); paper: 300")
     batch_size: int = _setting(64, "images per step, the global batch across devices; paper: 64")
+    validation_split: float = _setting(data.VALIDATION_FRACTION, "the share of the 50,000 training images "
+                                       "held out for validation (train_test_split, random_state=0); 0: train on "
+                                       "all 50,000 and validate on none (cosine and linear schedules only: "
+                                       "plateau watches val_loss); paper: 0.1")
     optimizer: str = _setting("adam", "adam: Adam; sgd: SGD with Nesterov momentum; paper: adam",
                               choices=OPTIMIZERS)
     learning_rate: float = _setting(5e-4, "the optimizer's initial step size (a cosine or linear schedule's peak); "
@@ -396,6 +401,13 @@ def check_settings(model_name, settings):
     if s.cache_features and s.distribute != "none":
         raise UserError(f"--cache-features trains on one device; it is not supported with --distribute "
                         f"{s.distribute} (use --no-cache-features)")
+    if not (math.isfinite(s.validation_split) and 0 <= s.validation_split <= 0.5):
+        raise UserError(f"validation split must lie in [0, 0.5], received {s.validation_split!r}")
+    if not s.validation_split and s.schedule not in CONTINUOUS_SCHEDULES:
+        raise UserError(f"--validation-split 0 leaves no validation images for --schedule {s.schedule}, which "
+                        f"watches val_loss; use --schedule {' or '.join(CONTINUOUS_SCHEDULES)}")
+    if not s.validation_split and s.augment_validation:
+        raise UserError("--validation-split 0 leaves no validation images to augment (--augment-validation)")
     if s.augment_validation and s.augmentation == "none":
         raise UserError("--augment-validation needs an augmentation (idg or fast), not --augmentation none")
 

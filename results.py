@@ -305,8 +305,10 @@ def records_table(results_dir=RESULTS_DIR):
         cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
             f"| `{folder}` | `{command_of(config)}` | {epochs_run(config)} "
-            f"| {config['train_seconds'] / 60:.1f} min | {100 * history['val_accuracy'][best]:.2f} % "
-            f"(epoch {best + 1}) | {100 * metrics['test_accuracy']:.2f} % "
+            f"| {config['train_seconds'] / 60:.1f} min | "
+            + ("none (--validation-split 0)" if history["val_accuracy"][best] is None else
+               f"{100 * history['val_accuracy'][best]:.2f} % (epoch {best + 1})")
+            + f" | {100 * metrics['test_accuracy']:.2f} % "
             f"| {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s (batch {metrics['batch_size']}) | {config['device']} |")
     return "\n".join(lines)

@@ -104,19 +104,9 @@ def _is_chief(strategy):
 
 # --- Data ---------------------------------------------------------------------------
 
-def load_split(data_dir, limit, batch_size):
-    """The paper's 45,000/5,000 split, cut to --limit: (x_train, y_train, x_valid, y_valid) uint8/int."""
-    (x_all, y_all), _ = data.load_cifar10(data_dir)
-    x_train, x_valid, y_train, y_valid = data.split_validation(x_all, y_all)
-    if limit is not None:
-        valid_count = max(limit // 10, batch_size)
-        x_train, y_train = x_train[:limit], y_train[:limit]
-        x_valid, y_valid = x_valid[:valid_count], y_valid[:valid_count]
-    return x_train, y_train, x_valid, y_valid
-
-
 def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initial_epoch, heavy=None):
-    """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}.
+    """fit() arguments for the chosen augmentation: {"x", "y", "validation_data", ...}; no
+    validation_data when there are no validation images (--validation-split 0).
 
     heavy: augment.RefineStage's switch, for a run with --refine-epochs.
     """
@@ -126,31 +116,32 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         import augment  # the tf.data pipelines, imported only when asked for
         transform = {"fast": "paper", "crop": "crop"}[settings.augmentation]
         # shuffle=False for fit: the dataset reshuffles itself every epoch.
-        return {"shuffle": False,
-                "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
-                                          shuffle=True, seed=seed, heavy=heavy, **pipeline_options(settings)),
-                "validation_data": augment.make_dataset(
-                    x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False, seed=seed,
-                    crop_padding=settings.crop_padding)
-                if settings.augment_validation else
-                augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=None, shuffle=False)}
-    x_train, x_valid = data.standardize(x_train, stats), data.standardize(x_valid, stats)
-    if settings.augmentation == "none":
-        return {"x": x_train, "y": y_train, "batch_size": batch_size, "shuffle": True,
-                "validation_data": (x_valid, y_valid), "validation_batch_size": batch_size}
-    # The paper's path: ImageDataGenerator.flow over standardized images. With a seed,
-    # flow() reseeds numpy before each batch from seed + batches seen; starting that count
-    # at the resumed epoch keeps a resumed run from replaying epoch 1's augmentations.
-    train_flow = data.paper_generator().flow(x_train, y_train, batch_size=batch_size, shuffle=True,
-                                             seed=seed)
-    train_flow.total_batches_seen = initial_epoch * len(train_flow)
-    if settings.augment_validation:
-        valid = data.paper_generator().flow(x_valid, y_valid, batch_size=batch_size, shuffle=False,
-                                            seed=seed + 1)
-        valid.total_batches_seen = initial_epoch * len(valid)
+        inputs = {"shuffle": False,
+                  "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
+                                            shuffle=True, seed=seed, heavy=heavy, **pipeline_options(settings))}
+        valid = (augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False,
+                                      seed=seed, crop_padding=settings.crop_padding)
+                 if settings.augment_validation else
+                 augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=None, shuffle=False))
+    elif settings.augmentation == "none":
+        inputs = {"x": data.standardize(x_train, stats), "y": y_train, "batch_size": batch_size, "shuffle": True,
+                  "validation_batch_size": batch_size}
+        valid = (data.standardize(x_valid, stats), y_valid)
     else:
-        valid = (x_valid, y_valid)
-    return {"x": train_flow, "validation_data": valid, "validation_batch_size": batch_size}
+        # The paper's path: ImageDataGenerator.flow over standardized images. With a seed,
+        # flow() reseeds numpy before each batch from seed + batches seen; starting that count
+        # at the resumed epoch keeps a resumed run from replaying epoch 1's augmentations.
+        train_flow = data.paper_generator().flow(data.standardize(x_train, stats), y_train, batch_size=batch_size,
+                                                 shuffle=True, seed=seed)
+        train_flow.total_batches_seen = initial_epoch * len(train_flow)
+        inputs = {"x": train_flow, "validation_batch_size": batch_size}
+        valid = (data.standardize(x_valid, stats), y_valid)
+        if settings.augment_validation:
+            valid = data.paper_generator().flow(*valid, batch_size=batch_size, shuffle=False, seed=seed + 1)
+            valid.total_batches_seen = initial_epoch * len(valid)
+    if not len(x_valid):
+        return {key: value for key, value in inputs.items() if key != "validation_batch_size"}
+    return {**inputs, "validation_data": valid}
 
 
 # --- Training -----------------------------------------------------------------------
@@ -162,8 +153,10 @@ def _print_start(model_name, model, settings, config, run_dir, initial_epoch, po
     log(f"{PROG}: {model_name}, {total:,} parameters ({frozen:,} frozen), policy {policy}")
     log(f"  device    {config['device']}; strategy {config['strategy']['name']} "
         f"({config['strategy']['replicas']} replica(s))")
-    log(f"  data      {config['data_source']}: {split['train']:,} training, {split['valid']:,} validation "
-        f"images{limit}, validation {'augmented' if settings.augment_validation else 'clean'}")
+    log(f"  data      {config['data_source']}: " + (
+        f"{split['train']:,} training, {split['valid']:,} validation images{limit}, validation "
+        f"{'augmented' if settings.augment_validation else 'clean'}" if split["valid"] else
+        f"{split['train']:,} training images{limit}, none held out for validation (--validation-split 0)"))
     log(f"  run       {os.path.abspath(run_dir)}"
         + (f" (resuming after epoch {initial_epoch})" if initial_epoch else ""))
     # What the recipe or a flag set, then the paper's defaults; settings the run never reads are left out.
@@ -274,7 +267,7 @@ def _train_locked(model_name, settings, run_dir, data_dir, log, strategy, chief,
                                            dropout_scale=settings.dropout_scale,
                                            bn_momentum=settings.bn_momentum, image_size=settings.image_size,
                                            preprocessing=settings.preprocessing)
-            split = load_split(data_dir, settings.limit, settings.batch_size)
+            split = data.load_split(data_dir, settings.limit, settings.batch_size, settings.validation_split)
             x_train, y_train, x_valid, y_valid = split
             steps = settings.epochs * math.ceil(len(x_train) / settings.batch_size)
             if settings.ema_momentum and settings.ema_every > steps:
@@ -413,7 +406,7 @@ def _cached_head(model, settings, split, stats, initial_epoch, cache_dir, config
     rundir.write_json(os.path.join(write_dir, rundir.CONFIG_FILE), config)
     cache, folder, built = features.load_or_build(
         models.feature_extractor(model),
-        {"train": x_train, "train_mirror": x_train[:, :, ::-1], "valid": x_valid},
+        {"train": x_train, "train_mirror": x_train[:, :, ::-1], **({"valid": x_valid} if len(x_valid) else {})},
         lambda images: data.standardize(images, stats), cache_dir, settings.batch_size, log)
     meta = rundir.read_json(os.path.join(folder, features.META_FILE), "the feature cache's description")
     config["features"].update({"cache": folder, "bytes": meta["bytes"], "build_seconds": meta["build_seconds"],
@@ -429,7 +422,8 @@ def _cached_head(model, settings, split, stats, initial_epoch, cache_dir, config
         "x": features.CachedFeatures(cache["train"], labels_train, settings.batch_size,
                                      mirrors=cache["train_mirror"], shuffle=True, seed=settings.seed,
                                      epoch=initial_epoch),
-        "validation_data": features.CachedFeatures(cache["valid"], labels_valid, settings.batch_size)}
+        **({"validation_data": features.CachedFeatures(cache["valid"], labels_valid, settings.batch_size)}
+           if len(x_valid) else {})}
 
 
 def head_weights(model, head, weights):
@@ -491,9 +485,9 @@ def _print_summary(model_name, history, config, run_dir, log):
     building = (f" (and {cache['build_seconds']:.1f} s building the feature cache)"
                 if cache.get("built_by_this_run") else "")
     log(f"{PROG}: {model_name} done: {epochs} epoch{'' if epochs == 1 else 's'} in {seconds:.1f} s{building} "
-        f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} "
-        f"{best + 1}: val_loss {history['val_loss'][best]:.4f}, val_accuracy "
-        f"{100 * history['val_accuracy'][best]:.2f} %; run folder {run_dir}")
+        f"({float(np.mean(history['epoch_seconds'])):.1f} s/epoch), stopped by {reason}; {which} {best + 1}"
+        + (f": val_loss {history['val_loss'][best]:.4f}, val_accuracy {100 * history['val_accuracy'][best]:.2f} %"
+           if history["val_loss"][best] is not None else "") + f"; run folder {run_dir}")
 
 
 # --- Command line ------------------------------------------------------------------
@@ -501,7 +495,7 @@ def _print_summary(model_name, history, config, run_dir, log):
 _METAVARS = {int: "N", float: "X", str: "VALUE"}
 # --help's sections: every Settings field in one of them (tests/test_train.py checks).
 OPTION_GROUPS = {
-    "recipe and budget": ("recipe", "epochs", "batch_size", "limit", "seed"),
+    "recipe and budget": ("recipe", "epochs", "batch_size", "validation_split", "limit", "seed"),
     "optimizer and schedule": ("optimizer", "learning_rate", "momentum", "weight_decay", "classifier_lr_scale",
                                "schedule", "warmup_fraction", "min_lr", "lr_factor", "lr_patience", "lr_min_delta",
                                "stop_patience", "stop_min_delta", "ema_momentum", "ema_every", "swa_epochs"),

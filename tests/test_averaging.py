@@ -116,7 +116,7 @@ def test_model_keras_is_the_average_that_validation_measured(argv, cifar_dir, tm
         assert config["settings"]["swa_epochs"] == 1 and history["learning_rate"][-1] == pytest.approx(0.01)
     else:
         assert config["settings"]["ema_momentum"] == 0.9 and config["settings"]["ema_every"] == 2
-    _, _, x_valid, y_valid = train.load_split(cifar_dir, 128, 32)
+    _, _, x_valid, y_valid = data.load_split(cifar_dir, 128, 32)
     stats = data.load_stats(os.path.join(run_dir, rundir.STATS_FILE))
     model = keras.saving.load_model(os.path.join(run_dir, rundir.MODEL_FILE))
     loss, accuracy = model.evaluate(data.standardize(x_valid, stats), keras.utils.to_categorical(y_valid, 10),

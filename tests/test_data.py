@@ -206,13 +206,16 @@ def test_split_is_sklearns_train_test_split():
     assert [part.shape for part in ours] == [(450, 32, 32, 3), (50, 32, 32, 3), (450, 1), (50, 1)]
     for mine, reference in zip(ours, theirs):
         np.testing.assert_array_equal(mine, reference)
+    x_train, x_valid, y_train, y_valid = data.split_validation(images, labels, fraction=0)  # all for training
+    np.testing.assert_array_equal(x_train, images)
+    np.testing.assert_array_equal(y_train, labels)
+    assert x_valid.shape == (0, 32, 32, 3) and y_valid.shape == (0, 1)
 
 
 @pytest.mark.parametrize("limit, count", [(None, 45_000), (64, 64)])
 def test_stats_come_from_the_training_split_only(cifar_dir, limit, count):
     """What train.py computes its statistics from: sklearn's training part (cut to --limit), nothing else."""
-    import train
-    x_train, _, _, _ = train.load_split(cifar_dir, limit, batch_size=32)
+    x_train, _, _, _ = data.load_split(cifar_dir, limit, batch_size=32)
     (x_all, y_all), _ = data.load_cifar10(cifar_dir)
     training_part = train_test_split(x_all, y_all, test_size=0.1, random_state=0)[0][:count]
     stats = data.compute_stats(x_train)

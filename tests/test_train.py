@@ -346,6 +346,12 @@ def test_a_run_of_a_removed_recipe_still_resumes_from_its_saved_settings(cifar_d
      "--refine-epochs needs vgg16 or alexnet with --schedule cosine or linear, not vgg16 with plateau"),
     (["alexnet", "--recipe", "short", "--refine-epochs", "5"], "--refine-epochs turns Cutout, --policy, --erasing "
      "and --mixing off for the last epochs, and this run uses none of them"),
+    (["vgg16", "--validation-split", "0"], "--validation-split 0 leaves no validation images for --schedule "
+     "plateau, which watches val_loss; use --schedule cosine or linear"),
+    (["vgg16", "--recipe", "short", "--validation-split", "0.9"], "validation split must lie in [0, 0.5], "
+     "received 0.9"),
+    (["vgg16", "--recipe", "short", "--augmentation", "fast", "--augment-validation", "--validation-split", "0"],
+     "--validation-split 0 leaves no validation images to augment (--augment-validation)"),
     (["vgg16_pretrained", "--weights", "none", "--init", "whiten"],
      "--init whiten applies to the models trained from scratch (vgg16, alexnet), not vgg16_pretrained"),
 ])
@@ -451,6 +457,40 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch
     assert read(killed, rundir.CONFIG_FILE)["settings"] == config["settings"]  # precision included, as resolved
     assert read(killed, rundir.CONFIG_FILE)["settings"]["precision"] == saved_precision
+
+
+def test_validation_split_0_trains_on_every_image_validates_on_none_and_resumes(cifar_dir, tmp_path, capsys):
+    """--validation-split 0: all the training images, no validation pass, a run that resumes, a
+    record that evaluate.py and results.py take."""
+    import evaluate
+    import results
+    from cifar_fixtures import make_images
+    argv = ["vgg16", "--recipe", "short", "--validation-split", "0", "--data-dir", cifar_dir, "--epochs", "2",
+            *SMALL]
+    whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
+    with copied_when_killed(whole, killed, after_epoch=1):
+        assert train.main([*argv, "--run-dir", whole]) == 0
+    out = capsys.readouterr().out
+    assert "64 training images (--limit 64), none held out for validation (--validation-split 0)" in out
+    assert "model.keras: last epoch 2; run folder" in out and "val_loss" not in out
+    config = read(whole, rundir.CONFIG_FILE)
+    assert config["split"] == {"train": 64, "valid": 0} and config["settings"]["validation_split"] == 0
+    (x_all, _), _ = data.load_cifar10(cifar_dir)
+    assert data.load_stats(os.path.join(whole, rundir.STATS_FILE))["mean"] == pytest.approx(
+        data.compute_stats(x_all[:64])["mean"])  # the first 64 of all 50,000, in their order
+    history = read(whole, rundir.HISTORY_FILE)
+    assert history["val_loss"] == [None, None] and history["val_accuracy"] == [None, None]
+    assert all(loss > 0 for loss in history["loss"])
+    assert train.main(["vgg16", "--resume", "--run-dir", killed]) == 0
+    resumed = read(killed, rundir.HISTORY_FILE)
+    assert resumed["epoch"] == [1, 2] and resumed["val_loss"] == [None, None]
+    assert resumed["learning_rate"] == pytest.approx(history["learning_rate"], rel=1e-6)
+    x_test, y_test = make_images(64, seed=4)
+    evaluate.evaluate_run(whole, x_test, y_test, batch_size=32)
+    records = str(tmp_path / "results")
+    assert results.main(["--results-dir", records, "collect", whole]) == 0
+    row = results.records_table(records).splitlines()[2]
+    assert "--validation-split 0" in row and "| none (--validation-split 0) |" in row
 
 
 def test_init_reinitializes_a_new_run_from_its_standardized_training_images(cifar_dir, tmp_path, monkeypatch):

@@ -142,7 +142,7 @@ def plot_curves(runs, metric, path):
     figure, grid = plt.subplots(2, len(panels), figsize=(width, CURVES_HEIGHT), squeeze=False, sharex="col",
                                 sharey="row", gridspec_kw={"height_ratios": [3, 1]})
     scale = 100 if metric == "accuracy" else 1
-    any_fine_tune = False
+    any_fine_tune = any_validation = False
     for column, panel in enumerate(panels):
         axes, rate_axes = grid[0, column], grid[1, column]
         for label, history, schedule, _ in (run for run in runs if run[3] == panel):
@@ -150,7 +150,8 @@ def plot_curves(runs, metric, path):
             # Markers on short runs only, so a run of one or two epochs is still visible.
             marker = {"marker": "o", "markersize": 3} if len(epochs) <= 20 else {}
             axes.plot(epochs, np.asarray(history[metric], float) * scale, "-", color=colour, **marker)
-            if f"val_{metric}" in history:
+            if any(value is not None for value in history.get(f"val_{metric}", ())):  # none: no hold-out
+                any_validation = True
                 axes.plot(epochs, np.asarray(history[f"val_{metric}"], float) * scale, "--", color=colour,
                           **marker)
             rates = history.get("learning_rate") or []
@@ -172,8 +173,9 @@ def plot_curves(runs, metric, path):
     grid[0, 0].set_ylabel("Accuracy (%)" if metric == "accuracy" else "Loss (cross-entropy)")
     grid[1, 0].set_ylabel("Learning\nrate")
     handles = [plt.Line2D([], [], color=colour_of[label], linewidth=2, label=label) for label in labels]
-    handles += [plt.Line2D([], [], color="black", linestyle="-", label="training"),
-                plt.Line2D([], [], color="black", linestyle="--", label="validation")]
+    handles += [plt.Line2D([], [], color="black", linestyle="-", label="training")]
+    if any_validation:
+        handles.append(plt.Line2D([], [], color="black", linestyle="--", label="validation"))
     if any_fine_tune:
         handles.append(plt.Line2D([], [], color="black", linewidth=1.0, alpha=0.6, label="fine-tuning starts"))
     figure.suptitle(f"Training and validation {metric} per epoch")

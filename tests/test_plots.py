@@ -93,6 +93,19 @@ def test_curves_are_one_panel_per_network_over_a_thin_learning_rate_panel(runs, 
     plots.pyplot().close(figure)
 
 
+def test_a_run_with_no_hold_out_draws_no_validation_curve(runs, run_copy, tmp_path, monkeypatch):
+    vgg16 = run_copy(runs[0])
+    history = json.load(open(os.path.join(vgg16, rundir.HISTORY_FILE)))
+    history.update(val_loss=[None] * len(history["epoch"]), val_accuracy=[None] * len(history["epoch"]))
+    rundir.write_json(os.path.join(vgg16, rundir.HISTORY_FILE), history)  # as --validation-split 0 leaves it
+    figure = _draw_curves([vgg16], "accuracy", tmp_path, monkeypatch)
+    axes = figure.axes[0]
+    (training,) = axes.lines
+    assert list(training.get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
+    assert [text.get_text() for text in axes.get_legend().get_texts()][-1] == "training"
+    plots.pyplot().close(figure)
+
+
 def test_curve_labels_name_the_recipe_a_run_trained(runs, run_copy, tmp_path):
     import dataclasses
 

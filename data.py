@@ -285,8 +285,9 @@ def split_validation(x, y, fraction=VALIDATION_FRACTION, seed=SPLIT_SEED):
 
 
 def load_split(data_dir, limit=None, batch_size=1, fraction=VALIDATION_FRACTION):
-    """The training split, cut to `limit` (the validation split to max(limit // 10, batch_size)):
-    (x_train, y_train, x_valid, y_valid), uint8 images and integer labels."""
+    """The training split, cut to `limit` (the validation split to at most max(limit // 10, batch_size);
+    fraction 0: empty): (x_train, y_train, x_valid, y_valid), uint8 images and integer labels, in
+    train.py's order, not split_validation's."""
     (x_all, y_all), _ = load_cifar10(data_dir)
     x_train, x_valid, y_train, y_valid = split_validation(x_all, y_all, fraction)
     if limit is not None:

@@ -126,7 +126,7 @@ def plot_curves(runs, metric, path):
 
     `runs` is a list of (label, history, schedule, panel); `panel` names the column (the
     network) and may be left out, each run then in its own. `metric` is "accuracy" (shown in
-    %) or "loss". Each panel draws training (solid) and validation (dashed), one colour per
+    %) or "loss". Each panel draws training (solid) and validation (dashed, where the run held images out), one colour per
     label across the figure, so a recipe keeps its colour in every panel. Under each, a thin
     panel of the learning rate at each epoch's first step, on a log scale, so that the report's
     Adam at 5e-4 and SGD's 0.1 both read: a plateau run's cuts are steps, a cosine a curve.
@@ -178,7 +178,7 @@ def plot_curves(runs, metric, path):
         handles.append(plt.Line2D([], [], color="black", linestyle="--", label="validation"))
     if any_fine_tune:
         handles.append(plt.Line2D([], [], color="black", linewidth=1.0, alpha=0.6, label="fine-tuning starts"))
-    figure.suptitle(f"Training and validation {metric} per epoch")
+    figure.suptitle(("Training and validation" if any_validation else "Training") + f" {metric} per epoch")
     figure.tight_layout(rect=(0, 0.07, 1, 1))
     # Below the panels, so it never hides a curve; held by the first panel but placed on the
     # figure, after the layout, which would otherwise shrink that panel to make room for it.

@@ -402,7 +402,8 @@ def check_settings(model_name, settings):
         raise UserError(f"--cache-features trains on one device; it is not supported with --distribute "
                         f"{s.distribute} (use --no-cache-features)")
     if not (math.isfinite(s.validation_split) and 0 <= s.validation_split <= 0.5):
-        raise UserError(f"validation split must lie in [0, 0.5], received {s.validation_split!r}")
+        raise UserError(f"validation split must lie in [0, 0.5] (the share of the 50,000 training images held "
+                        f"out), received {s.validation_split!r}")
     if not s.validation_split and s.schedule not in CONTINUOUS_SCHEDULES:
         raise UserError(f"--validation-split 0 leaves no validation images for --schedule {s.schedule}, which "
                         f"watches val_loss; use --schedule {' or '.join(CONTINUOUS_SCHEDULES)}")

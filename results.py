@@ -293,6 +293,12 @@ def _tta(metrics):
     return metrics["test_accuracy_tta"], metrics.get("tta_mode", "flip")
 
 
+def _validation_accuracy(history, best):
+    """The validation accuracy of the epoch `best` (0-based), or what stands for it in a run with no hold-out."""
+    accuracy = history["val_accuracy"][best]
+    return "none (--validation-split 0)" if accuracy is None else f"{100 * accuracy:.2f} %"
+
+
 def records_table(results_dir=RESULTS_DIR):
     """One Markdown row per record folder (sorted by name)."""
     lines = ["| record | command | epochs | training time | val. accuracy (model.keras) | test accuracy "
@@ -305,9 +311,8 @@ def records_table(results_dir=RESULTS_DIR):
         cuts = ", ".join(f"{epoch}: {rate:.3g}" for epoch, rate in learning_rate_cuts(history)) or "none"
         lines.append(
             f"| `{folder}` | `{command_of(config)}` | {epochs_run(config)} "
-            f"| {config['train_seconds'] / 60:.1f} min | "
-            + ("none (--validation-split 0)" if history["val_accuracy"][best] is None else
-               f"{100 * history['val_accuracy'][best]:.2f} % (epoch {best + 1})")
+            f"| {config['train_seconds'] / 60:.1f} min | {_validation_accuracy(history, best)}"
+            + ("" if history["val_accuracy"][best] is None else f" (epoch {best + 1})")
             + f" | {100 * metrics['test_accuracy']:.2f} % "
             f"| {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s (batch {metrics['batch_size']}) | {config['device']} |")
@@ -515,7 +520,7 @@ def paper_table(results_dir=RESULTS_DIR):
             f"| {paper['label']} | `{folder}` | {config['epochs_completed']} ({best + 1})"
             + (f", partial: --epochs {settings['epochs']}" if partial else "")
             + (f", unfinished: stopped before its end (up to {settings['epochs']} epochs)" if unfinished else "")
-            + f" | {config['train_seconds'] / 60:.0f} min | {100 * history['val_accuracy'][best]:.2f} % "
+            + f" | {config['train_seconds'] / 60:.0f} min | {_validation_accuracy(history, best)} "
             f"| {cuts} | {test:.2f} % | {'-' if tta is None else f'{100 * tta[0]:.2f} % ({tta[1]})'} "
             f"| {metrics['predict_seconds']:.1f} s | {config['device']} "
             f"| {paper['train_minutes']} min, val. {paper['val_accuracy']} % (augmented), test "

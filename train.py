@@ -112,6 +112,7 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
     """
     batch_size = settings.batch_size
     y_train, y_valid = data.one_hot(y_train), data.one_hot(y_valid)
+    held_out = len(x_valid) > 0
     if settings.augmentation in ("fast", "crop"):
         import augment  # the tf.data pipelines, imported only when asked for
         transform = {"fast": "paper", "crop": "crop"}[settings.augmentation]
@@ -119,14 +120,15 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         inputs = {"shuffle": False,
                   "x": augment.make_dataset(x_train, y_train, stats, batch_size, augment=transform,
                                             shuffle=True, seed=seed, heavy=heavy, **pipeline_options(settings))}
-        valid = (augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False,
-                                      seed=seed, crop_padding=settings.crop_padding)
-                 if settings.augment_validation else
-                 augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=None, shuffle=False))
-    elif settings.augmentation == "none":
-        inputs = {"x": data.standardize(x_train, stats), "y": y_train, "batch_size": batch_size, "shuffle": True,
-                  "validation_batch_size": batch_size}
-        valid = (data.standardize(x_valid, stats), y_valid)
+        if held_out:
+            inputs["validation_data"] = (
+                augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=transform, shuffle=False,
+                                     seed=seed, crop_padding=settings.crop_padding)
+                if settings.augment_validation else
+                augment.make_dataset(x_valid, y_valid, stats, batch_size, augment=None, shuffle=False))
+        return inputs
+    if settings.augmentation == "none":
+        inputs = {"x": data.standardize(x_train, stats), "y": y_train, "batch_size": batch_size, "shuffle": True}
     else:
         # The paper's path: ImageDataGenerator.flow over standardized images. With a seed,
         # flow() reseeds numpy before each batch from seed + batches seen; starting that count
@@ -134,14 +136,14 @@ def make_inputs(settings, x_train, y_train, x_valid, y_valid, stats, seed, initi
         train_flow = data.paper_generator().flow(data.standardize(x_train, stats), y_train, batch_size=batch_size,
                                                  shuffle=True, seed=seed)
         train_flow.total_batches_seen = initial_epoch * len(train_flow)
-        inputs = {"x": train_flow, "validation_batch_size": batch_size}
+        inputs = {"x": train_flow}
+    if held_out:
         valid = (data.standardize(x_valid, stats), y_valid)
-        if settings.augment_validation:
+        if settings.augment_validation and settings.augmentation == "idg":
             valid = data.paper_generator().flow(*valid, batch_size=batch_size, shuffle=False, seed=seed + 1)
             valid.total_batches_seen = initial_epoch * len(valid)
-    if not len(x_valid):
-        return {key: value for key, value in inputs.items() if key != "validation_batch_size"}
-    return {**inputs, "validation_data": valid}
+        inputs.update(validation_data=valid, validation_batch_size=batch_size)
+    return inputs
 
 
 # --- Training -----------------------------------------------------------------------

@@ -103,6 +103,7 @@ def test_a_run_with_no_hold_out_draws_no_validation_curve(runs, run_copy, tmp_pa
     (training,) = axes.lines
     assert list(training.get_ydata()) == pytest.approx([100 * a for a in history["accuracy"]])
     assert [text.get_text() for text in axes.get_legend().get_texts()][-1] == "training"
+    assert figure.get_suptitle() == "Training accuracy per epoch"
     plots.pyplot().close(figure)
 
 

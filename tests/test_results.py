@@ -109,7 +109,7 @@ def test_table_gives_one_row_per_recipe_with_mean_and_std_over_its_seeds(evaluat
     # its own; a record of no recipe's settings is named there too.
     policy, = {json.load(open(out / name / rundir.CONFIG_FILE))["policy"] for name in accuracies}
     other = "float32" if policy != "float32" else "mixed_bfloat16"  # the recipe's auto resolved by this CPU
-    # A CPU class other than this machine's, whichever it is.
+    # A device other than this machine's, whichever it is.
     device, words = next((device, words) for device, words in (
         ("CPU (AMD EPYC, 2 cores, AVX2)", "an AMD EPYC with AVX2"), ("CPU (Intel Xeon, 2 cores, AMX)",
                                                                      "an Intel Xeon with AMX"))
@@ -311,6 +311,12 @@ def test_paper_table_sets_each_protocol_record_beside_the_report(trained_vgg16, 
     rundir.write_json(str(out / "vgg16_paper_full" / rundir.METRICS_FILE), dict(metrics, test_accuracy=0.7240))
     assert results.main(["--results-dir", str(out), "paper"]) == 0
     assert "short by 17.6 points" in capsys.readouterr().out.splitlines()[3]
+    # A protocol run with no hold-out (--schedule cosine --validation-split 0) has no validation figure.
+    history = json.load(open(out / "vgg16_paper" / rundir.HISTORY_FILE))
+    rundir.write_json(str(out / "vgg16_paper" / rundir.HISTORY_FILE),
+                      dict(history, val_loss=[None] * 3, val_accuracy=[None] * 3))
+    assert results.main(["--results-dir", str(out), "paper"]) == 0
+    assert " min | none (--validation-split 0) | none |" in capsys.readouterr().out.splitlines()[2]
 
 
 def test_collect_never_mixes_replaces_or_half_writes_a_record(evaluated_run, run_copy, tmp_path, capsys):

@@ -348,8 +348,8 @@ def test_a_run_of_a_removed_recipe_still_resumes_from_its_saved_settings(cifar_d
      "and --mixing off for the last epochs, and this run uses none of them"),
     (["vgg16", "--validation-split", "0"], "--validation-split 0 leaves no validation images for --schedule "
      "plateau, which watches val_loss; use --schedule cosine or linear"),
-    (["vgg16", "--recipe", "short", "--validation-split", "0.9"], "validation split must lie in [0, 0.5], "
-     "received 0.9"),
+    (["vgg16", "--recipe", "short", "--validation-split", "0.9"], "validation split must lie in [0, 0.5] (the "
+     "share of the 50,000 training images held out), received 0.9"),
     (["vgg16", "--recipe", "short", "--augmentation", "fast", "--augment-validation", "--validation-split", "0"],
      "--validation-split 0 leaves no validation images to augment (--augment-validation)"),
     (["vgg16_pretrained", "--weights", "none", "--init", "whiten"],
@@ -459,6 +459,27 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert read(killed, rundir.CONFIG_FILE)["settings"]["precision"] == saved_precision
 
 
+@pytest.mark.parametrize("augmentation, augment_validation", [
+    ("idg", False), ("idg", True), ("fast", False), ("fast", True), ("crop", False), ("none", False)])
+def test_make_inputs_validates_on_the_held_out_images_and_without_them_on_none(augmentation, augment_validation):
+    images, labels = np.zeros((40, 32, 32, 3), np.uint8), np.arange(40) % 10
+    settings = dataclasses.replace(recipes.Settings(), augmentation=augmentation, batch_size=8,
+                                   augment_validation=augment_validation)
+    stats = data.compute_stats(images[:32] + 1)
+    held = train.make_inputs(settings, images[:32], labels[:32], images[32:], labels[32:], stats, 0, 0)
+    valid = held["validation_data"]
+    if isinstance(valid, tuple):  # clean arrays
+        assert not augment_validation and valid[0].shape == (8, 32, 32, 3) and valid[1].shape == (8, 10)
+        assert held["validation_batch_size"] == 8
+    else:  # a pipeline: an ImageDataGenerator flow or a tf.data dataset, of the 8 held-out images
+        batches = [valid[index] for index in range(len(valid))] if augmentation == "idg" else list(valid)
+        assert sum(len(x) for x, _ in batches) == 8
+    none = train.make_inputs(settings, images[:32], labels[:32], images[:0], labels[:0], stats, 0, 0)
+    assert not [key for key in none if key.startswith("validation")]
+    assert {key: type(value) for key, value in none.items()} == {
+        key: type(value) for key, value in held.items() if not key.startswith("validation")}
+
+
 def test_validation_split_0_trains_on_every_image_validates_on_none_and_resumes(cifar_dir, tmp_path, capsys):
     """--validation-split 0: all the training images, no validation pass, a run that resumes, a
     record that evaluate.py and results.py take."""
@@ -490,7 +511,7 @@ def test_validation_split_0_trains_on_every_image_validates_on_none_and_resumes(
     records = str(tmp_path / "results")
     assert results.main(["--results-dir", records, "collect", whole]) == 0
     row = results.records_table(records).splitlines()[2]
-    assert "--validation-split 0" in row and "| none (--validation-split 0) |" in row
+    assert "--validation-split 0.0 " in row and "| none (--validation-split 0) |" in row
 
 
 def test_init_reinitializes_a_new_run_from_its_standardized_training_images(cifar_dir, tmp_path, monkeypatch):

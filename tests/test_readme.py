@@ -132,6 +132,8 @@ def test_each_readme_command_runs(command, cifar_dir, tmp_path, monkeypatch, cap
     if script == "results":
         argv = ["--results-dir", RESULTS] + argv
     argv += SMOKE.get(script, [])
+    if script == "bench":  # the yardstick's code, not its 2048x2048 cost (seconds where bfloat16 is emulated)
+        monkeypatch.setattr(importlib.import_module("bench"), "PEAK_SIZE", 256)
     monkeypatch.chdir(tmp_path)
     assert importlib.import_module(script).main(argv) == 0
     capsys.readouterr()

@@ -126,10 +126,11 @@ def plot_curves(runs, metric, path):
 
     `runs` is a list of (label, history, schedule, panel); `panel` names the column (the
     network) and may be left out, each run then in its own. `metric` is "accuracy" (shown in
-    %) or "loss". Each panel draws training (solid) and validation (dashed, where the run held images out), one colour per
-    label across the figure, so a recipe keeps its colour in every panel. Under each, a thin
-    panel of the learning rate at each epoch's first step, on a log scale, so that the report's
-    Adam at 5e-4 and SGD's 0.1 both read: a plateau run's cuts are steps, a cosine a curve.
+    %) or "loss". Each panel draws training (solid) and validation (dashed, where the run held
+    images out), one colour per label across the figure, so a recipe keeps its colour in every
+    panel. Under each, a thin panel of the learning rate at each epoch's first step, on a log
+    scale, so that the report's Adam at 5e-4 and SGD's 0.1 both read: a plateau run's cuts are
+    steps, a cosine a curve.
     Where fine-tuning starts (history's phase 2), a vertical line in both panels.
     """
     plt = pyplot()

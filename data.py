@@ -159,7 +159,9 @@ def _read_tarball(path):
     try:
         tar = tarfile.open(path, "r:*")
     except (tarfile.TarError, OSError, EOFError) as error:
-        raise DataError(f"{path}: not a readable tar.gz archive ({error})") from None
+        # tarfile's reason runs over several lines (one a compression tried): its first says it.
+        reason = str(error).splitlines()[0].rstrip(": ") if str(error) else type(error).__name__
+        raise DataError(f"{path}: not a readable tar.gz archive ({reason})") from None
     with tar:
         try:
             members = {os.path.basename(member.name): member

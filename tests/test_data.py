@@ -117,6 +117,16 @@ def test_hostile_pickle_inside_tarball_is_refused(tmp_path):
     assert not marker.exists()
 
 
+def test_a_file_that_is_no_archive_is_one_whole_line(tmp_path):
+    path = tmp_path / "cifar.tar.gz"
+    path.write_bytes(b"junk")
+    with pytest.raises(data.DataError) as raised:
+        data.load_cifar10(str(path))
+    message = str(raised.value)
+    assert message.startswith(f"{path}: not a readable tar.gz archive (") and message.endswith(")")
+    assert "\n" not in message
+
+
 def make_images_pair():
     return make_images(10, seed=5), make_images(5, seed=6)
 

@@ -1,4 +1,4 @@
-"""Training and prediction throughput, against TensorFlow's own bfloat16 matmul peak.
+"""Training and prediction throughput, against TensorFlow's own matmul peaks.
 
     python bench.py --data-dir /data/cifar10 --models vgg16 --pipelines short,short-noaug --no-predict
     python bench.py --models vgg16 --images 2560 --repeats 3 --out bench.json
@@ -6,10 +6,12 @@
 For each model, on the same real images, it times training images/s under
 (a) the paper's pipeline exactly: data.paper_generator().flow(...) + model.fit, float32;
 (b) the same augmentation as a tf.data map (augment.make_dataset), float32 and mixed
-precision; then each recipe of PIPELINES as it trains (its batch, crop, flip, Cutout and
-optimizer) and on clean tensors, for the pipeline's share; then prediction images/s over
+precision; then each recipe of PIPELINES as it trains (its batch, crop, flip, Cutout,
+optimizer and, where it says auto, the precision train.py picks on this machine) and on
+clean tensors, for the pipeline's share; then prediction images/s over
 the test set. Each training row gives its share of the bfloat16 matmul peak measured in
-the same process (images/s x training_gflop / peak) and the cores the process kept busy
+the same process (images/s x training_gflop / peak), its share of the float32 one (the
+yardstick on a CPU that only emulates bfloat16) and the cores the process kept busy
 (a shared host may leave it less than all of them). Each measurement is a fresh model
 trained for one warm-up epoch (graph tracing, oneDNN kernel selection; not counted) and
 `--repeats` timed epochs of `--images` images; the JSON file keeps every run, the device
@@ -50,19 +52,20 @@ PIPELINES = (  # (name, precision, batch size or None for the recipe's own), in 
     ("paper", "float32", BATCH_SIZE),  # the report's ImageDataGenerator and Adam: the baseline
     ("fast", "float32", BATCH_SIZE),  # the same augmentation as a parallel tf.data map
     ("fast", "mixed", BATCH_SIZE),
-    # Each recipe as it trains (its batch, crop, flip and Cutout, its optimizer), then the same
-    # on clean tensors with no augmentation map: the difference is the input pipeline's share.
-    ("short", "mixed", None),
-    ("short-noaug", "mixed", None),
+    # Each recipe as it trains (its batch, crop, flip and Cutout, its optimizer, and "recipe":
+    # the precision it resolves to on this machine), then the same on clean tensors with no
+    # augmentation map: the difference is the input pipeline's share.
+    ("short", "recipe", None),
+    ("short-noaug", "recipe", None),
     ("long", "float32", None),
-    ("long", "mixed", None),
-    ("long-noaug", "mixed", None),
+    ("long", "recipe", None),  # left out where that is float32: the row above
+    ("long-noaug", "recipe", None),
 )
 # The recipe whose optimizer (and, but for "fast" and the "-noaug" rows, input pipeline) each
 # tf.data measurement uses; "fast" is the report's own augmentation in tf.data, under its Adam.
 RECIPE_OF_PIPELINE = {"fast": "paper", "short": "short", "short-noaug": "short", "long": "long",
                       "long-noaug": "long"}
-PEAK_SIZE = 2048  # the yardstick: tf.linalg.matmul of two PEAK_SIZE x PEAK_SIZE bfloat16 tensors
+PEAK_SIZE = 2048  # the yardstick: tf.linalg.matmul of two PEAK_SIZE x PEAK_SIZE tensors
 PEAK_REPEATS = 20  # timed products, after 5 untimed
 PIPELINE_NAMES = tuple(dict.fromkeys(name for name, _, _ in PIPELINES))
 RECIPES_WITH_LAYERS = ("short", "long")  # the rows --policy, --erasing and --mixing add their layers to
@@ -100,11 +103,11 @@ class _EpochTimer(keras.callbacks.Callback):
         self.steal_seconds.append(None if steal is None or self._steal_start is None else steal - self._steal_start)
 
 
-def matmul_peak(size=None, repeats=None):
-    """TensorFlow's bfloat16 matmul rate on this machine, now: median GFLOP/s of `repeats` products."""
+def matmul_peak(size=None, repeats=None, dtype="bfloat16"):
+    """TensorFlow's `dtype` matmul rate on this machine, now: median GFLOP/s of `repeats` products."""
     import tensorflow as tf
     size, repeats = size or PEAK_SIZE, repeats or PEAK_REPEATS
-    a, b = (tf.random.normal([size, size], dtype=tf.bfloat16, seed=seed) for seed in (1, 2))
+    a, b = (tf.random.normal([size, size], dtype=dtype, seed=seed) for seed in (1, 2))
     for _ in range(5):
         tf.linalg.matmul(a, b).numpy()  # warm-up: thread pools and oneDNN's kernel choice
     rates = []
@@ -303,6 +306,23 @@ def measure_transfer(x_train, y_train, stats, repeats=DEFAULT_REPEATS, cache_dir
     }
 
 
+def measurements(name, pipelines=PIPELINE_NAMES):
+    """(pipeline, precision, batch size) of each of model `name`'s training measurements, in
+    PIPELINES' order: a "recipe" precision as train.py resolves the recipe's on this machine,
+    a repeated measurement left out."""
+    rows = []
+    for pipeline, precision, own in PIPELINES:
+        recipe = RECIPE_OF_PIPELINE.get(pipeline, "paper")
+        if pipeline not in pipelines or name not in recipes.RECIPES[recipe]:
+            continue
+        settings = recipes.recipe_settings(recipe, name)
+        if precision == "recipe":
+            precision = recipes.resolve_settings(name, settings).precision
+        if (pipeline, precision) not in [(done, done_precision) for done, done_precision, _ in rows]:
+            rows.append((pipeline, precision, own or settings.batch_size))
+    return rows
+
+
 def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPEATS, log=print,
               pipelines=PIPELINE_NAMES, predict=True, steps_per_execution=STEPS_PER_EXECUTION, batch_size=None,
               layers=None):
@@ -314,10 +334,11 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
 
     def images_for(precision, count):
         return min(count, SLOW_MIXED_IMAGES) if precision == "mixed" and slow_mixed else count
-    peak = matmul_peak()
-    log(f"bfloat16 matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, median): {peak:.0f} GFLOP/s")
+    peak, peak_float32 = matmul_peak(), matmul_peak(dtype="float32")
+    log(f"matmul peak ({PEAK_SIZE}x{PEAK_SIZE}, median): bfloat16 {peak:.0f} GFLOP/s, float32 {peak_float32:.0f}")
     report = {
         "device": rundir.device_description(), "cpu": cpu, "cpu_bf16": bf16, "matmul_peak_gflops": peak,
+        "matmul_peak_gflops_float32": peak_float32,
         "settings": {"models": list(model_names), "pipelines": list(pipelines), "predict": predict,
                      "train_images": len(x_train), "test_images": len(x_test),
                      "repeats": repeats, "predict_batch_size": PREDICT_BATCH_SIZE,
@@ -328,11 +349,8 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
     for name in model_names:
         baseline = None
         gflop = training_gflop(models.build_model(name, weights=None))
-        for pipeline, precision, own in PIPELINES:
-            recipe = RECIPE_OF_PIPELINE.get(pipeline, "paper")
-            if pipeline not in pipelines or name not in recipes.RECIPES[recipe]:
-                continue
-            size = batch_size or own or recipes.recipe_settings(recipe, name).batch_size
+        for pipeline, precision, own in measurements(name, pipelines):
+            size = batch_size or own
             count = images_for(precision, len(x_train))
             rates, cores, per_epoch = measure_training(name, pipeline, precision, x_train[:count], y_train[:count],
                                                        stats, repeats, batch_size=size,
@@ -345,9 +363,11 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
                                        "batch_size": size, "images_per_second": median,
                                        "ratio_to_first": median / baseline, "cores_used": cores,
                                        "gflop_per_image": gflop, "share_of_peak": share,
+                                       "share_of_float32_peak": median * gflop / peak_float32,
                                        "images": count, "runs": rates, **per_epoch})
             log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {size:<4} {median:6.0f} images/s  "
-                f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak, {cores:.2f} cores "
+                f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak "
+                f"({100 * median * gflop / peak_float32:3.0f} % of float32's), {cores:.2f} cores "
                 f"(runs: {', '.join(f'{rate:.0f} at {busy:.2f}' for rate, busy in zip(rates, per_epoch['cores']))})"
                 + (f"  ({count} images)" if count < len(x_train) else ""))
         for precision in PREDICT_PRECISIONS if predict else ():
@@ -360,7 +380,9 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
             log(f"{name:<17} predict         {precision:<8} {median:8.0f} images/s  "
                 f"{seconds:6.2f} s for {len(x_test):,} test images" + (f"  (timed on {count})" if count < len(x_test) else ""))
     report["slow_mixed"] = slow_mixed
-    report["matmul_peak_gflops_after"] = matmul_peak()  # the host's pace can change during a bench
+    # The host's pace can change during a bench.
+    report["matmul_peak_gflops_after"] = matmul_peak()
+    report["matmul_peak_gflops_float32_after"] = matmul_peak(dtype="float32")
     return report
 
 
@@ -406,7 +428,8 @@ def main(argv=None):
     parser = rundir.ArgumentParser(
         prog="bench.py", description="Time training (the paper's ImageDataGenerator, the tf.data "
         "pipelines, each recipe as it trains and without augmentation; float32 and mixed precision) against "
-        "TensorFlow's bfloat16 matmul peak measured in the same process, and test-set prediction, for each model.")
+        "TensorFlow's bfloat16 and float32 matmul peaks measured in the same process, and test-set prediction, "
+        "for each model.")
     data.add_data_dir_argument(parser)
     parser.add_argument("--models", default=",".join(DEFAULT_MODELS),
                         help=f"comma-separated, from {', '.join(models.MODELS)} (default: %(default)s)")

@@ -510,15 +510,20 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     report = json.loads(out.read_text())
     assert report["settings"]["train_images"] == 320 and report["device"] and report["cpu"]
     training = report["training"]
+    # The recipes' rows in the precision they train in here: mixed with native bfloat16, else float32.
+    own = recipes.resolve_settings("vgg16", recipes.recipe_settings("long", "vgg16")).precision
+    long_own = [("long", own)] if own != "float32" else []
     assert [(r["pipeline"], r["precision"]) for r in training] == [
-        ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("short", "mixed"), ("short-noaug", "mixed"),
-        ("long", "float32"), ("long", "mixed"), ("long-noaug", "mixed")]
+        ("paper", "float32"), ("fast", "float32"), ("fast", "mixed"), ("short", own), ("short-noaug", own),
+        ("long", "float32"), *long_own, ("long-noaug", own)]
     assert all(0 < r["cores_used"] and len(r["cores"]) == len(r["steal_cores"]) == 1 for r in training)
     # Each row's share of the peak measured in the same process: its images/s at the model's GFLOP.
-    peak = report["matmul_peak_gflops"]
-    assert peak > 0 and report["matmul_peak_gflops_after"] > 0
+    peak, peak_float32 = report["matmul_peak_gflops"], report["matmul_peak_gflops_float32"]
+    assert min(peak, peak_float32, report["matmul_peak_gflops_after"], report["matmul_peak_gflops_float32_after"]) > 0
     for row in training:
         assert row["share_of_peak"] == pytest.approx(row["images_per_second"] * row["gflop_per_image"] / peak)
+        assert row["share_of_float32_peak"] == pytest.approx(row["images_per_second"] * row["gflop_per_image"]
+                                                             / peak_float32)
     # Each row's batch size is the one its model trained with (the largest batch it saw: the
     # last batch of an epoch may be smaller), and mixed rows trained in a 16-bit dtype.
     assert [r["batch_size"] for r in training] == [max(sizes) for sizes, _ in seen]
@@ -528,8 +533,9 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
     # its -noaug row through none.
     short, default = recipes.recipe_settings("short", "vgg16"), augment.CROP_PADDING
     assert pipelines == [("paper", 0, default), ("paper", 0, default), ("crop", short.cutout, default),
-                         (None, 0, default), ("crop", long.cutout, 2), ("crop", long.cutout, 2), (None, 0, default)]
-    assert optimizers == ["paper"] * 3 + ["short"] * 2 + ["long"] * 3
+                         (None, 0, default), ("crop", long.cutout, 2), *[("crop", long.cutout, 2)] * len(long_own),
+                         (None, 0, default)]
+    assert optimizers == ["paper"] * 3 + ["short"] * 2 + ["long"] * (2 + len(long_own))
     assert [r["precision"] == "mixed" for r in training] == [dtype != "float32" for _, dtype in seen]
     assert all(r["images_per_second"] > 0 and len(r["runs"]) == 1 for r in training)
     assert [r["precision"] for r in report["prediction"]] == ["float32", "mixed"]
@@ -546,7 +552,7 @@ def test_bench_command_times_both_pipelines_and_writes_its_report(cifar_dir, tmp
                        "--out", str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["settings"]["layers"] == {"erasing": 0.5} and erasings[-1] == 0.5
-    assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == [("short", "mixed", 64)]
+    assert [(r["pipeline"], r["precision"], r["batch_size"]) for r in report["training"]] == [("short", own, 64)]
     assert report["prediction"] == []
     assert [max(sizes) for sizes, _ in seen] == [r["batch_size"] for r in report["training"]]  # 128 where emulated
     with pytest.raises(SystemExit) as raised:
@@ -565,3 +571,19 @@ def test_bench_refuses_unknown_models(tmp_path, capsys):
     assert exit_info.value.code == 2
     assert "unknown model 'vgg61'" in capsys.readouterr().err
     assert not (tmp_path / "x.json").exists()
+
+
+@pytest.mark.parametrize("native_bfloat16", [True, False])
+def test_bench_times_each_recipe_in_the_precision_it_trains_in_here(native_bfloat16, monkeypatch):
+    """A recipe whose precision is auto is timed as train.py would run it on this CPU, once."""
+    import bench
+    import rundir
+    monkeypatch.setattr(rundir, "cpu_description", lambda: ("a CPU", native_bfloat16))
+    own = "mixed" if native_bfloat16 else "float32"
+    assert recipes.recipe_settings("long", "vgg16").precision == "auto"
+    long_own = [("long", "mixed", 128)] if native_bfloat16 else []  # as float32, the same as the row before
+    assert bench.measurements("vgg16") == [
+        ("paper", "float32", 64), ("fast", "float32", 64), ("fast", "mixed", 64), ("short", own, 128),
+        ("short-noaug", own, 128), ("long", "float32", 128), *long_own, ("long-noaug", own, 128)]
+    # alexnet has no long recipe; a pipeline not asked for is not measured.
+    assert bench.measurements("alexnet", ("paper", "short", "long")) == [("paper", "float32", 64), ("short", own, 128)]

@@ -358,16 +358,16 @@ def run_bench(model_names, x_train, y_train, x_test, stats, repeats=DEFAULT_REPE
             median = statistics.median(rates)
             baseline = baseline or median  # the first measured: the paper's pipeline when it is measured
             size = min(size, count)  # the batch it trained with: fewer images make one smaller
-            share = median * gflop / peak
+            share, share_float32 = median * gflop / peak, median * gflop / peak_float32
             report["training"].append({"model": name, "pipeline": pipeline, "precision": precision,
                                        "batch_size": size, "images_per_second": median,
                                        "ratio_to_first": median / baseline, "cores_used": cores,
                                        "gflop_per_image": gflop, "share_of_peak": share,
-                                       "share_of_float32_peak": median * gflop / peak_float32,
+                                       "share_of_float32_peak": share_float32,
                                        "images": count, "runs": rates, **per_epoch})
             log(f"{name:<17} train    {pipeline:<12} {precision:<8} batch {size:<4} {median:6.0f} images/s  "
                 f"{median / baseline:5.2f}x the first row, {100 * share:3.0f} % of the peak "
-                f"({100 * median * gflop / peak_float32:3.0f} % of float32's), {cores:.2f} cores "
+                f"({100 * share_float32:3.0f} % of float32's), {cores:.2f} cores "
                 f"(runs: {', '.join(f'{rate:.0f} at {busy:.2f}' for rate, busy in zip(rates, per_epoch['cores']))})"
                 + (f"  ({count} images)" if count < len(x_train) else ""))
         for precision in PREDICT_PRECISIONS if predict else ():

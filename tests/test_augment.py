@@ -579,6 +579,7 @@ def test_bench_times_each_recipe_in_the_precision_it_trains_in_here(native_bfloa
     import bench
     import rundir
     monkeypatch.setattr(rundir, "cpu_description", lambda: ("a CPU", native_bfloat16))
+    monkeypatch.setattr(recipes.tf.config, "list_physical_devices", lambda kind=None: [])  # a CPU-only machine
     own = "mixed" if native_bfloat16 else "float32"
     assert recipes.recipe_settings("long", "vgg16").precision == "auto"
     long_own = [("long", "mixed", 128)] if native_bfloat16 else []  # as float32, the same as the row before

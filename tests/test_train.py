@@ -429,8 +429,8 @@ def test_a_model_compiled_with_the_linear_schedule_saves_and_loads(tmp_path):
 def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_dir, tmp_path, capsys):
     """A 2-epoch --recipe short run killed after epoch 1 and resumed has, epoch by epoch, the
     learning rates (and, same seed and data, nearly the same losses) of the run left alone."""
-    argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "128",
-            "--batch-size", "32", "--seed", "3", *options]
+    argv = ["vgg16", "--recipe", recipe, "--data-dir", cifar_dir, "--epochs", "2", "--limit", "64",
+            "--batch-size", "16", "--seed", "3", *options]
     whole, killed = str(tmp_path / "whole"), str(tmp_path / "killed")
     with copied_when_killed(whole, killed, after_epoch=1):
         assert train.main([*argv, "--run-dir", whole]) == 0
@@ -451,7 +451,7 @@ def test_a_killed_fast_run_resumes_on_the_same_schedule(recipe, options, cifar_d
     assert resumed["epoch"] == [1, 2]
     assert resumed["learning_rate"] == pytest.approx(expected["learning_rate"], rel=1e-6)
     assert resumed["learning_rate"][1] > 0.5 * config["settings"]["learning_rate"]  # past the warm-up, not back at 0
-    # The rate epoch 2 started at is the run's own schedule (cosine or linear) at step 4 of 8: 128 images, batch 32.
+    # The rate epoch 2 started at is the run's own schedule (cosine or linear) at step 4 of 8: 64 images, batch 16.
     schedule = recipes.make_optimizer(recipes.load_settings(killed), steps_per_epoch=4)._learning_rate
     assert resumed["learning_rate"][1] == pytest.approx(float(schedule(4)), rel=1e-6)
     assert resumed["loss"][0] == pytest.approx(expected["loss"][0], rel=1e-5)  # same first epoch

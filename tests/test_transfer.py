@@ -50,8 +50,8 @@ def weights_file(tmp_path_factory):
 
 def transfer_argv(cifar_dir, weights_file, cache_dir, *extra):
     return ["vgg16_pretrained", "--recipe", "transfer", "--data-dir", cifar_dir, "--weights", weights_file,
-            "--image-size", str(SIZE), "--limit", "128", "--epochs", "2", "--fine-tune-epochs", "2",
-            "--seed", "5", "--cache-dir", str(cache_dir), *extra]
+            "--image-size", str(SIZE), "--limit", "64", "--batch-size", "32", "--epochs", "2",
+            "--fine-tune-epochs", "2", "--seed", "5", "--cache-dir", str(cache_dir), *extra]
 
 
 def read(folder, name):
@@ -340,7 +340,7 @@ def test_a_transfer_run_records_both_phases(transfer_run, weights_file):
     config = read(run_dir, rundir.CONFIG_FILE)
     assert config["status"] == "complete" and config["model_epoch"] == "last"
     assert config["features"]["built_by_this_run"] and config["features"]["cache"].startswith(str(cache_dir))
-    assert config["features"]["bytes"] == (128 * 2 + 64) * 512 * 2  # train, mirrors, validation; 1x1x512 float16
+    assert config["features"]["bytes"] == (64 * 2 + 32) * 512 * 2  # train, mirrors, validation; 1x1x512 float16
     assert read(run_dir, rundir.STATS_FILE)["input"] == data.PIXEL_INPUT
     model = models.load_model(run_dir)
     # block5 was fine-tuned, block4 was not: compare with the weights file.
@@ -459,17 +459,17 @@ def test_a_killed_transfer_run_resumes_in_its_phase(transfer_run, killed_transfe
 
 
 def test_bench_times_the_ways_to_train_the_pretrained_model(cifar_dir, tmp_path, monkeypatch):
-    """bench.py --transfer on 32x32 inputs and 64 images: its report, not its speed."""
+    """bench.py --transfer on 32x32 inputs and 32 images: its report, not its speed."""
     import bench
 
     build = models.build_model
     monkeypatch.setattr(bench.models, "build_model", lambda name, **options: build(name, image_size=SIZE, **options))
     out = tmp_path / "bench_transfer.json"
-    assert bench.main(["--transfer", "--data-dir", cifar_dir, "--images", "64", "--repeats", "1",
+    assert bench.main(["--transfer", "--data-dir", cifar_dir, "--images", "32", "--repeats", "1",
                        "--out", str(out)]) == 0
     report = read(tmp_path, out.name)["transfer"]
-    assert report["images"] == 64 and report["cache_images"] == 128
-    assert report["cache_bytes"] == 128 * 512 * 2  # 1x1x512 float16 features at 32x32
+    assert report["images"] == 32 and report["cache_images"] == 64
+    assert report["cache_bytes"] == 64 * 512 * 2  # 1x1x512 float16 features at 32x32
     assert report["full_split_estimate"]["cache_bytes"] == pytest.approx(95_000 * 512 * 2)
     assert all(report[key] > 0 for key in ("frozen_epoch_seconds", "cache_build_seconds", "head_epoch_seconds",
                                            "fine_tune_epoch_seconds"))

@@ -2,7 +2,7 @@
 
     python plots.py runs/vgg16 runs/alexnet runs/vgg16_pretrained --out figures   # Figures 5-7
     python plots.py runs/vgg16 --data-dir /data/cifar10 --out figures              # and Figure 1
-    python plots.py results/vgg16_paper results/vgg16_long_100ep_epyc results/alexnet_paper \
+    python plots.py results/vgg16_paper results/vgg16_long_80ep_split0_seed1 results/alexnet_paper \
         results/alexnet_nesterov_wd5e-4_pad2_b128_30ep --out results/figures       # the README's
 
 Writes, as PNG (or `--format pdf|svg`):

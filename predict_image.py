@@ -217,7 +217,7 @@ def main(argv=None):
         prog="predict_image.py", description="Classify image files with a trained run folder "
         "(the paper's section 4.1): print the top classes with their probabilities.")
     parser.add_argument("run_dir", metavar="RUN_DIR", help="a run folder made by train.py, or a record kept "
-                        "with its model by results.py collect --with-model (e.g. results/vgg16_long_100ep_epyc)")
+                        "with its model by results.py collect --with-model (e.g. results/vgg16_long_80ep_split0_seed1)")
     parser.add_argument("images", nargs="+", metavar="IMAGE", help="image files, any format Pillow reads")
     parser.add_argument("--top", type=int, default=DEFAULT_TOP,
                         help=f"classes to print per image (default: {DEFAULT_TOP})")

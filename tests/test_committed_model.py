@@ -51,7 +51,7 @@ def test_the_committed_model_loads_and_classifies_a_photo(folder, tmp_path, caps
     assert probabilities.sum() == pytest.approx(1, abs=1e-4) and result["predicted"] in data.CLASS_NAMES
 
 
-@pytest.mark.parametrize("recipe, record", [("long", "vgg16_long_b128_wd5e-3_100ep"),
+@pytest.mark.parametrize("recipe, record", [("long", "vgg16_long_80ep_split0"),
                                             ("short", "vgg16_short_wd5e-3_30ep"),
                                             ("ten", "vgg16_short_pad2_10ep"),
                                             ("short", "alexnet_nesterov_wd5e-4_pad2_b128_30ep")])
